@@ -1,0 +1,172 @@
+//! The command line as clap sees it: types only, no logic. `config.rs` validates these
+//! into a `Config`; nothing else reads them.
+//!
+//! Flag names, environment variables and defaults here are a public contract: crontabs
+//! and scripts depend on them. Add, never rename.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+/// Move HubSpot CRM records into your own system from cron, without losing one.
+#[derive(Debug, Parser)]
+#[command(
+    name = "martech-sync",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts, before or after its name.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// SQLite state file: cursors, checkpoints, delivered versions, runs, records.
+    #[arg(
+        long,
+        env = "MARTECH_SYNC_DB",
+        default_value = "martech-sync.db",
+        global = true
+    )]
+    pub db: PathBuf,
+
+    /// HubSpot private-app access token (sent as Bearer). Prefer the environment
+    /// variable: command lines are visible to other users in `ps`.
+    #[arg(long, env = "HUBSPOT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// HubSpot API base URL.
+    #[arg(
+        long,
+        env = "HUBSPOT_BASE_URL",
+        default_value = "https://api.hubapi.com",
+        global = true
+    )]
+    pub base_url: String,
+
+    /// Search requests per second for this process (HubSpot allows about 5 per account).
+    #[arg(long, env = "HUBSPOT_RATE_LIMIT", default_value_t = 4.0, global = true)]
+    pub rate_limit: f64,
+
+    /// Give up on a request that got no complete answer within this time.
+    #[arg(long, default_value = "30s", value_parser = duration, global = true)]
+    pub timeout: Duration,
+
+    /// Attempts per request, the first included, on 429, 5xx, timeouts and resets.
+    #[arg(long, default_value_t = 8, global = true)]
+    pub max_attempts: u32,
+
+    /// First retry wait; doubles each attempt (with jitter). Also the least wait after a 429.
+    #[arg(long, default_value = "1s", value_parser = duration, global = true)]
+    pub retry_base: Duration,
+
+    /// Most time one request may spend retrying.
+    #[arg(long, default_value = "10m", value_parser = duration, global = true)]
+    pub retry_budget: Duration,
+
+    /// More log output (-v, -vv, -vvv). Without it, logs stay quiet unless something
+    /// needs attention when stderr is not a terminal.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync one window of records modified since the stored cursor (or --since).
+    Poll(PollArgs),
+    /// Show where every cursor stands.
+    Status(StatusArgs),
+    /// Run a poll against a built-in local fake HubSpot: no account needed.
+    Demo(DemoArgs),
+}
+
+/// `poll OBJECT`.
+#[derive(Debug, Args)]
+pub struct PollArgs {
+    /// contacts, companies, deals, tickets, or a custom object type id (2-1234567).
+    pub object: String,
+
+    /// Start the window here instead of at the cursor: RFC 3339, a date (2024-01-01),
+    /// epoch milliseconds, or an age (7d, 36h, 90m).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+
+    /// End the window here instead of at now minus --settle (same forms as --since).
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+
+    /// Where records go: sqlite (the state file's records table), jsonl:PATH (jsonl:- for
+    /// stdout), or exec:COMMAND (each page as NDJSON on the command's stdin).
+    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
+    pub sink: String,
+
+    /// Properties to fetch, comma-separated (default: HubSpot's default set for the
+    /// object). The modified-time property and hs_object_id are always fetched.
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    pub properties: Vec<String>,
+
+    /// Records per search request (HubSpot allows 1 to 200).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub page_size: u32,
+
+    /// Re-read this much before the cursor, for records the search index showed late.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub overlap: Duration,
+
+    /// End the window this much before now, so the search index has caught up.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub settle: Duration,
+
+    /// Print one JSON run summary on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status [OBJECT]`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this object.
+    pub object: Option<String>,
+
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many contacts the fake HubSpot holds.
+    #[arg(long, default_value_t = 2_000)]
+    pub records: u64,
+}
+
+/// Parses a duration such as `30s`, `5m`, `1h 30m` or `0`.
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand: each takes its validated config and does the effects.
+
+pub mod demo;
+pub mod poll;
+pub mod status;

@@ -1,0 +1,100 @@
+//! `status [OBJECT]`: where every cursor stands, as a table or JSON. Reads the state file
+//! and never creates one.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::config::StatusConfig;
+use crate::state::{ObjectStatus, State};
+use crate::timestamp::Millis;
+
+/// Prints the status of every object (or one) in the state file `db`.
+///
+/// # Errors
+/// When the state file cannot be read or stdout written.
+pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
+    let objects: Vec<ObjectStatus> = if db.exists() {
+        State::open(db)?
+            .status()?
+            .into_iter()
+            .filter(|s| {
+                config
+                    .object
+                    .as_ref()
+                    .is_none_or(|o| o.as_str() == s.object)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut out = std::io::stdout().lock();
+    if config.json {
+        let doc = json!({ "stateFile": db.display().to_string(), "objects": objects });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if objects.is_empty() {
+        writeln!(out, "No syncs yet in {}.", db.display())?;
+        return Ok(());
+    }
+    let now = Millis::now();
+    writeln!(
+        out,
+        "{:<12} {:<26} {:>9}  {:<34} LAST RUN",
+        "OBJECT", "CURSOR", "AGE", "OPEN WINDOW"
+    )?;
+    for s in &objects {
+        let (cursor, age) = match s.cursor_ms {
+            Some(ms) => (Millis(ms).to_rfc3339(), age(now.0 - ms)),
+            None => ("never committed".to_owned(), "-".to_owned()),
+        };
+        let open = s.open_window.as_ref().map_or_else(
+            || "-".to_owned(),
+            |w| {
+                format!(
+                    "{} pages, after id {}",
+                    w.pages,
+                    w.last_id.as_deref().unwrap_or("-")
+                )
+            },
+        );
+        let last = s.last_run.as_ref().map_or_else(
+            || "-".to_owned(),
+            |r| {
+                let mut line = format!(
+                    "{} {} ({} delivered, {} pages)",
+                    r.outcome.as_str(),
+                    r.ended_at.as_deref().unwrap_or(&r.started_at),
+                    r.delivered,
+                    r.pages
+                );
+                if let Some(e) = &r.error {
+                    line.push_str(": ");
+                    line.push_str(e);
+                }
+                line
+            },
+        );
+        writeln!(
+            out,
+            "{:<12} {cursor:<26} {age:>9}  {open:<34} {last}",
+            s.object
+        )?;
+    }
+    Ok(())
+}
+
+/// A short age: `42s`, `5m`, `3h`, `2d`.
+fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3_600 => format!("{}m", s / 60),
+        3_600..86_400 => format!("{}h", s / 3_600),
+        _ => format!("{}d", s / 86_400),
+    }
+}

@@ -1,0 +1,309 @@
+//! Validated configuration: the CLI and environment turned into what the commands run
+//! on. Every usage error (exit 2) is raised here, before anything touches the state file
+//! or the network.
+
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command, GlobalArgs, LogFormat};
+use crate::hubspot::{ClientConfig, RetryPolicy};
+use crate::object::ObjectType;
+use crate::sink::SinkSpec;
+use crate::sync::PollJob;
+use crate::timestamp::Millis;
+use crate::token::Token;
+use crate::window::{Bounds, Margins};
+
+/// A usage error: the command line or environment is wrong. Exits 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+fn usage(message: impl Into<String>) -> UsageError {
+    UsageError(message.into())
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug)]
+pub struct Config {
+    pub db: PathBuf,
+    pub log: LogConfig,
+    pub command: CommandConfig,
+}
+
+/// How to log.
+#[derive(Clone, Copy, Debug)]
+pub struct LogConfig {
+    pub verbose: u8,
+    pub quiet: bool,
+    pub format: LogFormat,
+}
+
+/// The command, validated.
+#[derive(Debug)]
+pub enum CommandConfig {
+    Poll(PollConfig),
+    Status(StatusConfig),
+    Demo(DemoConfig),
+}
+
+/// `poll`.
+#[derive(Debug)]
+pub struct PollConfig {
+    pub job: PollJob,
+    pub sink: SinkSpec,
+    pub client: ClientConfig,
+    pub json: bool,
+}
+
+/// `status`.
+#[derive(Debug)]
+pub struct StatusConfig {
+    pub object: Option<ObjectType>,
+    pub json: bool,
+}
+
+/// `demo`.
+#[derive(Debug)]
+pub struct DemoConfig {
+    pub records: u64,
+    pub client: ClientConfig,
+}
+
+impl Config {
+    /// Validates `cli` at `now` (relative `--since 7d` is measured from it).
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the bad value.
+    pub fn new(cli: Cli, now: Millis) -> Result<Config, UsageError> {
+        let global = &cli.global;
+        let log = LogConfig {
+            verbose: global.verbose,
+            quiet: global.quiet,
+            format: global.log_format,
+        };
+        if !(global.rate_limit > 0.0 && global.rate_limit.is_finite()) {
+            return Err(usage(format!(
+                "--rate-limit must be a positive number of requests per second, not {}",
+                global.rate_limit
+            )));
+        }
+        if global.max_attempts == 0 {
+            return Err(usage("--max-attempts must be at least 1"));
+        }
+        let command = match &cli.command {
+            Command::Poll(args) => {
+                let object = parse_object(&args.object)?;
+                let when = |flag: &str, v: &Option<String>| {
+                    v.as_deref()
+                        .map(|s| {
+                            Millis::parse_user(s, now).ok_or_else(|| {
+                                usage(format!(
+                                    "{flag} `{s}` is not a time: use RFC 3339, a date (2024-01-01), \
+                                     epoch milliseconds or an age (7d, 36h, 90m)"
+                                ))
+                            })
+                        })
+                        .transpose()
+                };
+                let bounds = Bounds {
+                    since: when("--since", &args.since)?,
+                    until: when("--until", &args.until)?,
+                };
+                if let (Some(since), Some(until)) = (bounds.since, bounds.until)
+                    && since > until
+                {
+                    return Err(usage(format!("--since {since} is after --until {until}")));
+                }
+                let sink: SinkSpec = args
+                    .sink
+                    .parse()
+                    .map_err(|e| usage(format!("--sink: {e}")))?;
+                if args.json && sink.uses_stdout() {
+                    return Err(usage(
+                        "--json and --sink jsonl:- both write to stdout; write records to a file",
+                    ));
+                }
+                let properties = properties(&object, &args.properties);
+                CommandConfig::Poll(PollConfig {
+                    job: PollJob {
+                        object,
+                        bounds,
+                        margins: Margins {
+                            overlap: args.overlap,
+                            settle: args.settle,
+                        },
+                        properties,
+                        page_size: args.page_size,
+                    },
+                    sink,
+                    client: client_config(global)?,
+                    json: args.json,
+                })
+            }
+            Command::Status(args) => CommandConfig::Status(StatusConfig {
+                object: args.object.as_deref().map(parse_object).transpose()?,
+                json: args.json,
+            }),
+            Command::Demo(args) => CommandConfig::Demo(DemoConfig {
+                records: args.records,
+                client: ClientConfig {
+                    base_url: String::new(),
+                    token: Token::new("demo"),
+                    rate_limit: 1_000.0,
+                    timeout: global.timeout,
+                    retry: retry_policy(global),
+                },
+            }),
+        };
+        Ok(Config {
+            db: global.db.clone(),
+            log,
+            command,
+        })
+    }
+}
+
+fn parse_object(s: &str) -> Result<ObjectType, UsageError> {
+    s.parse().map_err(|e| usage(format!("{e}")))
+}
+
+fn retry_policy(global: &GlobalArgs) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: global.max_attempts,
+        base: global.retry_base,
+        budget: global.retry_budget,
+    }
+}
+
+fn client_config(global: &GlobalArgs) -> Result<ClientConfig, UsageError> {
+    let token = match global.token.as_deref().map(str::trim) {
+        None | Some("") => {
+            return Err(usage(
+                "no HubSpot token: set HUBSPOT_TOKEN (or pass --token) to a private-app access token",
+            ));
+        }
+        Some(t) => Token::new(t),
+    };
+    if !(global.base_url.starts_with("http://") || global.base_url.starts_with("https://")) {
+        return Err(usage(format!(
+            "--base-url `{}` must start with http:// or https://",
+            global.base_url
+        )));
+    }
+    Ok(ClientConfig {
+        base_url: global.base_url.clone(),
+        token,
+        rate_limit: global.rate_limit,
+        timeout: global.timeout,
+        retry: retry_policy(global),
+    })
+}
+
+/// The requested properties plus the two the engine needs, without duplicates.
+fn properties(object: &ObjectType, requested: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = if requested.is_empty() {
+        object
+            .default_properties()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        requested
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    for needed in [object.modified_property(), "hs_object_id"] {
+        if !out.iter().any(|p| p == needed) {
+            out.push(needed.to_owned());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Result<Config, UsageError> {
+        let cli = Cli::try_parse_from(std::iter::once("martech-sync").chain(args.iter().copied()))
+            .unwrap();
+        Config::new(cli, Millis(1_700_000_000_000))
+    }
+
+    #[test]
+    fn usage_errors() {
+        let cases = [
+            (&["poll", "contacts"][..], "no HubSpot token"),
+            (
+                &["--token", "t", "poll", "leads"],
+                "unknown object type `leads`",
+            ),
+            (
+                &["--token", "t", "poll", "contacts", "--since", "soon"],
+                "--since `soon` is not a time",
+            ),
+            (
+                &[
+                    "--token",
+                    "t",
+                    "poll",
+                    "contacts",
+                    "--since",
+                    "2024-02-01",
+                    "--until",
+                    "2024-01-01",
+                ],
+                "is after --until",
+            ),
+            (
+                &["--token", "t", "poll", "contacts", "--sink", "kafka"],
+                "--sink: unknown sink",
+            ),
+            (
+                &[
+                    "--token", "t", "poll", "contacts", "--sink", "jsonl:-", "--json",
+                ],
+                "both write to stdout",
+            ),
+            (
+                &["--token", "t", "--rate-limit", "0", "poll", "contacts"],
+                "--rate-limit must be",
+            ),
+            (
+                &[
+                    "--token",
+                    "t",
+                    "--base-url",
+                    "api.hubapi.com",
+                    "poll",
+                    "contacts",
+                ],
+                "must start with http",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = config(args).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn properties_always_hold_the_key_and_the_cursor() {
+        let object: ObjectType = "deals".parse().unwrap();
+        assert_eq!(
+            properties(&object, &["amount".into(), "hs_object_id".into()]),
+            ["amount", "hs_object_id", "hs_lastmodifieddate"]
+        );
+        assert!(properties(&object, &[]).contains(&"dealname".to_owned()));
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_command() {
+        let before = config(&["--token", "t", "--db", "x.db", "poll", "deals"]).unwrap();
+        let after = config(&["poll", "deals", "--token", "t", "--db", "x.db"]).unwrap();
+        assert_eq!(before.db, after.db);
+    }
+}

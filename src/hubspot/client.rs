@@ -1,0 +1,236 @@
+//! The HTTP client: one shared reqwest client with timeouts, Bearer auth, the search
+//! token bucket and the retry loop. Everything that calls HubSpot goes through
+//! [`Client::post_json`], so pacing and retries hold for every request.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, Correlation, ErrorBody, RetryCause};
+use super::retry::RetryPolicy;
+use super::search::{Page, SearchBody, SearchResponse};
+use crate::object::ObjectType;
+use crate::record::RecordId;
+use crate::token::Token;
+
+/// How to reach HubSpot.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub base_url: String,
+    pub token: Token,
+    /// Search requests per second, for the whole process.
+    pub rate_limit: f64,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// Request counters, shared by every user of one client.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+/// A HubSpot API client. Cheap to clone; clones share the connection pool, the token
+/// bucket and the counters.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: Arc<str>,
+    auth: HeaderValue,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    retry: RetryPolicy,
+    counters: Arc<Counters>,
+}
+
+impl Client {
+    /// Builds a client.
+    ///
+    /// # Errors
+    /// When the token cannot go into an HTTP header or the TLS stack fails to start.
+    pub fn new(config: &ClientConfig) -> Result<Client> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
+            .context("the token has characters that cannot go into an HTTP header")?;
+        // Keeps the value out of reqwest's and hyper's debug output.
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("martech-sync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10).min(config.timeout))
+            .timeout(config.timeout)
+            .build()
+            .context("starting the HTTP client")?;
+        Ok(Client {
+            http,
+            base_url: config.base_url.trim_end_matches('/').into(),
+            auth,
+            limiter: Arc::new(RateLimiter::direct(quota(config.rate_limit))),
+            retry: config.retry,
+            counters: Arc::default(),
+        })
+    }
+
+    /// The counters of every request this client (and its clones) made.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// One keyed search page of `object`, checked.
+    ///
+    /// # Errors
+    /// An [`ApiError`] once retries are exhausted or the error is permanent, or a page
+    /// that breaks the keyed-paging rules.
+    pub async fn search(
+        &self,
+        object: &ObjectType,
+        body: &SearchBody<'_>,
+        after: Option<RecordId>,
+    ) -> Result<Page> {
+        let path = format!("/crm/v3/objects/{object}/search");
+        let (response, correlation_id): (SearchResponse, _) = self.post_json(&path, body).await?;
+        response.into_page(object, after).with_context(|| {
+            format!(
+                "HubSpot sent a search page that cannot be used{}",
+                Correlation(&correlation_id)
+            )
+        })
+    }
+
+    /// POSTs `body` as JSON to `path` and decodes the answer, pacing and retrying.
+    /// Returns the answer and its correlation id.
+    ///
+    /// # Errors
+    /// See [`Client::search`].
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<(T, Option<String>)> {
+        let url = format!("{}{path}", self.base_url);
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.limiter.until_ready().await;
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let error = match self.try_once(&url, body).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            let Some(cause) = error.retry_cause() else {
+                return Err(error.into());
+            };
+            if matches!(cause, RetryCause::RateLimited | RetryCause::BurstLimited) {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
+            let wait = self
+                .retry
+                .delay(attempt, cause, error.retry_after(), rand::random());
+            if attempt >= self.retry.max_attempts {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("giving up on {path} after {attempt} attempts")));
+            }
+            if started.elapsed() + wait > self.retry.budget {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "giving up on {path}: the retry budget of {} would run out",
+                    humantime::format_duration(self.retry.budget)
+                )));
+            }
+            tracing::warn!(
+                attempt,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                reason = %error,
+                "retrying HubSpot request"
+            );
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn try_once<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &impl Serialize,
+    ) -> Result<(T, Option<String>), ApiError> {
+        let response = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .json(body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        let headers = response.headers();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let correlation_id = header("x-hubspot-correlation-id");
+        let content_type =
+            header(CONTENT_TYPE.as_str()).unwrap_or_else(|| "no content type".into());
+        let retry_after = header(RETRY_AFTER.as_str())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            let body = serde_json::from_slice::<ErrorBody>(&bytes)
+                .ok()
+                .filter(|b| b.message.is_some() || b.category.is_some());
+            let snippet = body.is_none().then(|| snippet(&bytes)).flatten();
+            return Err(ApiError::Status {
+                status: status.as_u16(),
+                body,
+                snippet,
+                correlation_id,
+                retry_after,
+            });
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|source| ApiError::Malformed {
+            content_type,
+            correlation_id: correlation_id.clone(),
+            source,
+        })?;
+        Ok((value, correlation_id))
+    }
+}
+
+/// A token bucket of `per_second` with no burst: requests go out evenly spaced.
+fn quota(per_second: f64) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(NonZeroU32::MIN)
+}
+
+fn transport(source: reqwest::Error) -> ApiError {
+    let what = if source.is_timeout() {
+        "timed out"
+    } else if source.is_connect() {
+        "could not connect"
+    } else if source.is_body() || source.is_decode() {
+        "body cut short"
+    } else {
+        "connection failed"
+    };
+    ApiError::Transport { what, source }
+}
+
+/// The first line or so of a body that is not HubSpot's JSON, for the error message.
+fn snippet(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let folded: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if folded.is_empty() {
+        return None;
+    }
+    Some(folded.chars().take(120).collect())
+}

@@ -1,0 +1,210 @@
+//! `ApiError`: everything that can go wrong talking to HubSpot, typed where the retry
+//! loop must branch. Display gives one line with HubSpot's own message, category and
+//! correlation id, and never the token.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// HubSpot's error body (hubspot-api.md §9). Every field is optional, as HubSpot says.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub message: Option<String>,
+    pub category: Option<String>,
+    pub correlation_id: Option<String>,
+    pub policy_name: Option<String>,
+}
+
+/// A failed exchange with HubSpot.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// HubSpot, or a proxy in front of it, answered with an error status.
+    #[error("{}", StatusLine { status: *status, body, snippet, correlation_id })]
+    Status {
+        status: u16,
+        body: Option<ErrorBody>,
+        /// The start of a body that is not HubSpot's JSON (a proxy's HTML page).
+        snippet: Option<String>,
+        correlation_id: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// No complete answer: connection refused or reset, timeout, a body cut short.
+    #[error("no complete answer from HubSpot ({what})")]
+    Transport {
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A 2xx answer whose body is not the JSON HubSpot documents.
+    #[error(
+        "HubSpot sent a page that is not valid JSON ({content_type}){}",
+        Correlation(correlation_id)
+    )]
+    Malformed {
+        content_type: String,
+        correlation_id: Option<String>,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Why a retry is being made; decides the backoff floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryCause {
+    /// 429 for the per-second search limit (or with no policy named).
+    RateLimited,
+    /// 429 for the ten-second burst limit.
+    BurstLimited,
+    /// 5xx, 423, 477 and friends.
+    ServerError,
+    /// Timeouts, resets, truncated bodies.
+    Transport,
+}
+
+impl ApiError {
+    /// Whether trying the same request again can succeed, and why.
+    pub fn retry_cause(&self) -> Option<RetryCause> {
+        match self {
+            ApiError::Status {
+                status: 429, body, ..
+            } => {
+                let policy = body.as_ref().and_then(|b| b.policy_name.as_deref());
+                Some(if policy == Some("TEN_SECONDLY_ROLLING") {
+                    RetryCause::BurstLimited
+                } else {
+                    RetryCause::RateLimited
+                })
+            }
+            // 423 locked, 477 migration; 5xx except the ones HubSpot says need support.
+            ApiError::Status {
+                status: 423 | 477 | 500 | 502 | 503 | 504 | 521 | 523 | 524,
+                ..
+            } => Some(RetryCause::ServerError),
+            ApiError::Status { .. } | ApiError::Malformed { .. } => None,
+            ApiError::Transport { .. } => Some(RetryCause::Transport),
+        }
+    }
+
+    /// Whether trying the same request again can succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retry_cause().is_some()
+    }
+
+    /// The wait HubSpot asked for, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the token was refused: retrying on a later tick cannot help either.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Status {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+}
+
+struct StatusLine<'a> {
+    status: u16,
+    body: &'a Option<ErrorBody>,
+    snippet: &'a Option<String>,
+    correlation_id: &'a Option<String>,
+}
+
+impl fmt::Display for StatusLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reason = reqwest::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        write!(f, "HubSpot answered {} {reason}", self.status)?;
+        match (self.body, self.snippet) {
+            (Some(body), _) => {
+                if let Some(message) = &body.message {
+                    write!(f, ": {message}")?;
+                }
+                if let Some(category) = &body.category {
+                    write!(f, " [{category}]")?;
+                }
+            }
+            (None, Some(snippet)) => write!(f, " with a non-HubSpot body: {snippet:?}")?,
+            (None, None) => {}
+        }
+        let id = self
+            .body
+            .as_ref()
+            .and_then(|b| b.correlation_id.as_ref())
+            .or(self.correlation_id.as_ref());
+        write!(f, "{}", Correlation(&id.cloned()))
+    }
+}
+
+/// ` (correlation id X)`, or nothing.
+pub(crate) struct Correlation<'a>(pub &'a Option<String>);
+
+impl fmt::Display for Correlation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " (correlation id {id})"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, body: &str) -> ApiError {
+        ApiError::Status {
+            status: code,
+            body: serde_json::from_str(body).ok(),
+            snippet: None,
+            correlation_id: Some("hdr-id".into()),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn retry_decisions() {
+        let cases = [
+            (429, "{}", Some(RetryCause::RateLimited)),
+            (
+                429,
+                r#"{"policyName":"TEN_SECONDLY_ROLLING"}"#,
+                Some(RetryCause::BurstLimited),
+            ),
+            (502, "", Some(RetryCause::ServerError)),
+            (500, "{}", Some(RetryCause::ServerError)),
+            (400, "{}", None),
+            (401, "{}", None),
+            (403, "{}", None),
+            (404, "{}", None),
+            (522, "{}", None),
+        ];
+        for (code, body, want) in cases {
+            assert_eq!(status(code, body).retry_cause(), want, "{code} {body}");
+        }
+    }
+
+    #[test]
+    fn one_line_with_hubspot_message_and_correlation_id() {
+        let e = status(
+            401,
+            r#"{"status":"error","message":"Authentication credentials not found.","correlationId":"abc-123","category":"INVALID_AUTHENTICATION"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "HubSpot answered 401 Unauthorized: Authentication credentials not found. \
+             [INVALID_AUTHENTICATION] (correlation id abc-123)"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! martech-sync moves HubSpot CRM records into your own system, from cron, as a one-off
+//! backfill or continuously, and never loses one: every record whose last-modified time
+//! falls in a committed window reaches the handler at least once, and an unchanged
+//! version already handed over is not handed over again (DESIGN.md).
+//!
+//! # Layout
+//! - `cli`: clap types, no logic; `config`: validated `Config`, every usage error.
+//! - `command/`: one module per subcommand (`poll`, `status`, `demo`).
+//! - `window`: pure window planning (lo, hi, overlap, settle, resume).
+//! - `sync`: the engine: keyed page → sink → checkpoint → commit.
+//! - `state`: the SQLite state file (cursors, windows, delivered, runs, records).
+//! - `hubspot/`: HTTP client (auth, pacing, retries, typed errors), keyed search.
+//! - `sink/`: sqlite, jsonl, exec; an enum.
+//! - `lock`: one runner per (state file, object).
+//! - `mock/`: the local fake HubSpot used by the tests and `demo`.
+//! - `object`, `record`, `timestamp`, `token`, `report`: the domain nouns.
+//! - `logging`: tracing setup; `exit`: error → exit code.
+
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod exit;
+pub mod hubspot;
+pub mod lock;
+pub mod logging;
+pub mod mock;
+pub mod object;
+pub mod record;
+pub mod report;
+pub mod sink;
+pub mod state;
+pub mod sync;
+pub mod timestamp;
+pub mod token;
+pub mod window;
+
+use anyhow::{Context, Result};
+
+use crate::cli::Cli;
+use crate::config::{CommandConfig, Config};
+use crate::timestamp::Millis;
+
+/// Validates `cli`, sets up logging and runs the command.
+///
+/// # Errors
+/// Whatever the command failed with; [`exit::code`] maps it to the exit code.
+pub fn run(cli: Cli) -> Result<()> {
+    let config = Config::new(cli, Millis::now())?;
+    logging::init(config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        match &config.command {
+            CommandConfig::Poll(poll) => command::poll::run(&config.db, poll).await,
+            CommandConfig::Status(status) => command::status::run(&config.db, status),
+            CommandConfig::Demo(demo) => command::demo::run(demo).await,
+        }
+    })
+}

@@ -1,0 +1,585 @@
+//! The fake's data and its search semantics: filter groups (OR of ANDs), the operators
+//! HubSpot documents, one sort, `limit` ≤ 200, `after` as an offset capped at 10,000,
+//! and `total` (hubspot-api.md §1–§2). Pure: the server in `mod.rs` owns the effects.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::object::ObjectType;
+use crate::timestamp::Millis;
+
+/// HubSpot's cap on reachable results of one query.
+pub const MAX_REACHABLE: u64 = 10_000;
+/// HubSpot's largest page.
+pub const MAX_LIMIT: u64 = 200;
+
+/// One record as the fake keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeRecord {
+    pub id: u64,
+    pub created: Millis,
+    pub modified: Millis,
+    /// Properties other than the id, created and modified times.
+    pub properties: BTreeMap<String, String>,
+    /// How often this record was modified through the fake; starts at 0.
+    pub revision: u64,
+}
+
+/// Every object's records, ordered by id.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    objects: BTreeMap<String, BTreeMap<u64, FakeRecord>>,
+}
+
+/// A search request as HubSpot accepts it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchRequest {
+    #[serde(default)]
+    pub filter_groups: Vec<FilterGroup>,
+    /// The undocumented top-level form; treated as one more group.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    #[serde(default)]
+    pub sorts: Vec<SortSpec>,
+    #[serde(default)]
+    pub properties: Vec<String>,
+    pub limit: Option<u64>,
+    pub after: Option<Value>,
+}
+
+/// Filters ANDed together.
+#[derive(Debug, Default, Deserialize)]
+pub struct FilterGroup {
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// One filter.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter {
+    pub property_name: String,
+    pub operator: String,
+    pub value: Option<Value>,
+    pub high_value: Option<Value>,
+    pub values: Option<Vec<Value>>,
+}
+
+/// A sort: the documented object form or the SDKs' string form (`-createdate`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SortSpec {
+    Object {
+        #[serde(rename = "propertyName")]
+        property_name: String,
+        direction: Option<String>,
+    },
+    Name(String),
+}
+
+/// Why HubSpot would answer 400.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("limit {0} is above the maximum of {MAX_LIMIT}")]
+    Limit(u64),
+    #[error("Invalid after: {0}")]
+    After(String),
+    #[error("Paging past {MAX_REACHABLE} results is not allowed (after {after}, limit {limit})")]
+    PastCap { after: u64, limit: u64 },
+    #[error("There was a problem with the request: {0} filter groups, at most 5 allowed")]
+    TooManyGroups(usize),
+    #[error("There was a problem with the request: {0} filters in a group, at most 6 allowed")]
+    TooManyFilters(usize),
+    #[error("Only one sort is supported, got {0}")]
+    TooManySorts(usize),
+    #[error("Unknown operator {0}")]
+    Operator(String),
+    #[error("Filter on {0} needs a value")]
+    MissingValue(String),
+}
+
+/// One page of an answer.
+#[derive(Debug)]
+pub struct SearchResult {
+    pub total: u64,
+    pub results: Vec<u64>,
+    pub next_after: Option<u64>,
+}
+
+/// How ties under the sort are ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TieOrder {
+    /// By id, as a stable sort would.
+    ById,
+    /// Shuffled on every request, as HubSpot does not promise an order among equals.
+    Unstable,
+}
+
+/// A comparable property value: numbers and datetimes as numbers, the rest as text.
+#[derive(Clone, Debug, PartialEq)]
+enum Val {
+    Num(f64),
+    Text(String),
+}
+
+impl Val {
+    fn parse(s: &str) -> Val {
+        if let Ok(n) = s.trim().parse::<f64>() {
+            return Val::Num(n);
+        }
+        match Millis::parse_hubspot(s) {
+            #[allow(clippy::cast_precision_loss)]
+            Some(t) => Val::Num(t.0 as f64),
+            None => Val::Text(s.to_lowercase()),
+        }
+    }
+
+    fn from_json(v: &Value) -> Option<Val> {
+        match v {
+            Value::String(s) => Some(Val::parse(s)),
+            Value::Number(n) => n.as_f64().map(Val::Num),
+            Value::Bool(b) => Some(Val::Text(b.to_string())),
+            _ => None,
+        }
+    }
+
+    fn cmp(&self, other: &Val) -> Ordering {
+        match (self, other) {
+            (Val::Num(a), Val::Num(b)) => a.total_cmp(b),
+            (Val::Num(a), Val::Text(b)) => a.to_string().cmp(b),
+            (Val::Text(a), Val::Num(b)) => a.cmp(&b.to_string()),
+            (Val::Text(a), Val::Text(b)) => a.cmp(b),
+        }
+    }
+}
+
+impl Store {
+    /// Adds or replaces a record of `object`.
+    pub fn insert(&mut self, object: &str, record: FakeRecord) {
+        self.objects
+            .entry(object.to_owned())
+            .or_default()
+            .insert(record.id, record);
+    }
+
+    /// Adds records, as `insert` does.
+    pub fn extend(&mut self, object: &str, records: impl IntoIterator<Item = FakeRecord>) {
+        for r in records {
+            self.insert(object, r);
+        }
+    }
+
+    /// The record `id` of `object`.
+    pub fn get(&self, object: &str, id: u64) -> Option<&FakeRecord> {
+        self.objects.get(object)?.get(&id)
+    }
+
+    /// How many records `object` has.
+    pub fn len(&self, object: &str) -> usize {
+        self.objects.get(object).map_or(0, BTreeMap::len)
+    }
+
+    /// Whether the store has no record at all.
+    pub fn is_empty(&self) -> bool {
+        self.objects.values().all(BTreeMap::is_empty)
+    }
+
+    /// Every record of `object`, by id.
+    pub fn records(&self, object: &str) -> impl Iterator<Item = &FakeRecord> {
+        self.objects
+            .get(object)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// Modifies record `id` at `now`: a new revision whose modified time is `now`, or one
+    /// millisecond after the old one when the clock has not moved on. Returns whether the
+    /// record exists.
+    pub fn touch(&mut self, object: &str, id: u64, now: Millis) -> bool {
+        let Some(record) = self.objects.get_mut(object).and_then(|m| m.get_mut(&id)) else {
+            return false;
+        };
+        record.modified = now.max(Millis(record.modified.0 + 1));
+        record.revision += 1;
+        record
+            .properties
+            .insert("mock_revision".into(), record.revision.to_string());
+        true
+    }
+
+    /// Answers a search of `object`.
+    ///
+    /// # Errors
+    /// [`Invalid`] where HubSpot answers 400.
+    pub fn search(
+        &self,
+        object: &ObjectType,
+        request: &SearchRequest,
+        ties: TieOrder,
+        rng: &mut impl Rng,
+    ) -> Result<SearchResult, Invalid> {
+        let limit = request.limit.unwrap_or(10);
+        if limit > MAX_LIMIT {
+            return Err(Invalid::Limit(limit));
+        }
+        let after = match &request.after {
+            None => 0,
+            Some(v) => {
+                let s = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                s.parse::<u64>().map_err(|_| Invalid::After(s))?
+            }
+        };
+        if after + limit > MAX_REACHABLE {
+            return Err(Invalid::PastCap { after, limit });
+        }
+        let mut groups: Vec<&[Filter]> = request
+            .filter_groups
+            .iter()
+            .map(|g| g.filters.as_slice())
+            .collect();
+        if !request.filters.is_empty() {
+            groups.push(&request.filters);
+        }
+        if groups.len() > 5 {
+            return Err(Invalid::TooManyGroups(groups.len()));
+        }
+        if let Some(g) = groups.iter().find(|g| g.len() > 6) {
+            return Err(Invalid::TooManyFilters(g.len()));
+        }
+        if request.sorts.len() > 1 {
+            return Err(Invalid::TooManySorts(request.sorts.len()));
+        }
+        for filter in groups.iter().flat_map(|g| g.iter()) {
+            check_filter(filter)?;
+        }
+
+        let records = self.objects.get(object.as_str());
+        let mut matches: Vec<&FakeRecord> = records
+            .into_iter()
+            .flat_map(|m| m.range(id_floor(&groups)..).map(|(_, r)| r))
+            .filter(|r| {
+                groups.is_empty()
+                    || groups
+                        .iter()
+                        .any(|g| g.iter().all(|f| matches(object, r, f)))
+            })
+            .collect();
+        if let Some(sort) = request.sorts.first() {
+            let (property, descending) = match sort {
+                SortSpec::Object {
+                    property_name,
+                    direction,
+                } => (
+                    property_name.as_str(),
+                    direction.as_deref() == Some("DESCENDING"),
+                ),
+                SortSpec::Name(name) => match name.strip_prefix('-') {
+                    Some(p) => (p, true),
+                    None => (name.as_str(), false),
+                },
+            };
+            sort_matches(object, &mut matches, property, descending, ties, rng);
+        }
+        let total = matches.len() as u64;
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(matches.len());
+        let end = usize::try_from(after + limit)
+            .unwrap_or(usize::MAX)
+            .min(matches.len());
+        let results = matches[start..end].iter().map(|r| r.id).collect();
+        let next_after = (after + limit < total).then_some(after + limit);
+        Ok(SearchResult {
+            total,
+            results,
+            next_after,
+        })
+    }
+
+    /// Record `id` of `object` in HubSpot's answer shape, with `properties` (the object's
+    /// defaults when empty).
+    pub fn to_json(&self, object: &ObjectType, id: u64, properties: &[String]) -> Value {
+        let Some(r) = self.get(object.as_str(), id) else {
+            return Value::Null;
+        };
+        let defaults;
+        let names: &[String] = if properties.is_empty() {
+            defaults = object
+                .default_properties()
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>();
+            &defaults
+        } else {
+            properties
+        };
+        let mut props = Map::new();
+        for name in names {
+            let value = property(object, r, name).map_or(Value::Null, Value::String);
+            props.insert(name.clone(), value);
+        }
+        json!({
+            "id": r.id.to_string(),
+            "properties": props,
+            "createdAt": r.created.to_rfc3339(),
+            "updatedAt": r.modified.to_rfc3339(),
+            "archived": false,
+        })
+    }
+}
+
+/// The property as HubSpot would show it: system properties from the record's fields.
+fn property(object: &ObjectType, r: &FakeRecord, name: &str) -> Option<String> {
+    if name == "hs_object_id" {
+        Some(r.id.to_string())
+    } else if name == object.modified_property() {
+        Some(r.modified.to_rfc3339())
+    } else if name == object.created_property() {
+        Some(r.created.to_rfc3339())
+    } else {
+        r.properties.get(name).cloned()
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn value(object: &ObjectType, r: &FakeRecord, name: &str) -> Option<Val> {
+    if name == "hs_object_id" {
+        Some(Val::Num(r.id as f64))
+    } else if name == object.modified_property() {
+        Some(Val::Num(r.modified.0 as f64))
+    } else if name == object.created_property() {
+        Some(Val::Num(r.created.0 as f64))
+    } else {
+        r.properties.get(name).map(|s| Val::parse(s))
+    }
+}
+
+const OPERATORS: [&str; 10] = [
+    "EQ",
+    "NEQ",
+    "LT",
+    "LTE",
+    "GT",
+    "GTE",
+    "BETWEEN",
+    "IN",
+    "HAS_PROPERTY",
+    "NOT_HAS_PROPERTY",
+];
+
+fn check_filter(f: &Filter) -> Result<(), Invalid> {
+    if !OPERATORS.contains(&f.operator.as_str()) {
+        return Err(Invalid::Operator(f.operator.clone()));
+    }
+    let needs = match f.operator.as_str() {
+        "HAS_PROPERTY" | "NOT_HAS_PROPERTY" => true,
+        "IN" => f.values.is_some(),
+        "BETWEEN" => f.value.is_some() && f.high_value.is_some(),
+        _ => f.value.is_some(),
+    };
+    if needs {
+        Ok(())
+    } else {
+        Err(Invalid::MissingValue(f.property_name.clone()))
+    }
+}
+
+fn matches(object: &ObjectType, r: &FakeRecord, f: &Filter) -> bool {
+    let have = value(object, r, &f.property_name);
+    let want = f.value.as_ref().and_then(Val::from_json);
+    let cmp = |want: &Option<Val>| match (&have, want) {
+        (Some(h), Some(w)) => Some(h.cmp(w)),
+        _ => None,
+    };
+    match f.operator.as_str() {
+        "EQ" => cmp(&want) == Some(Ordering::Equal),
+        "NEQ" => cmp(&want) != Some(Ordering::Equal),
+        "LT" => cmp(&want) == Some(Ordering::Less),
+        "LTE" => matches!(cmp(&want), Some(Ordering::Less | Ordering::Equal)),
+        "GT" => cmp(&want) == Some(Ordering::Greater),
+        "GTE" => matches!(cmp(&want), Some(Ordering::Greater | Ordering::Equal)),
+        "BETWEEN" => {
+            let high = f.high_value.as_ref().and_then(Val::from_json);
+            matches!(cmp(&want), Some(Ordering::Greater | Ordering::Equal))
+                && matches!(cmp(&high), Some(Ordering::Less | Ordering::Equal))
+        }
+        "IN" => f.values.iter().flatten().any(|v| {
+            let v = Val::from_json(v);
+            cmp(&v) == Some(Ordering::Equal)
+        }),
+        "HAS_PROPERTY" => have.is_some(),
+        "NOT_HAS_PROPERTY" => have.is_none(),
+        _ => false,
+    }
+}
+
+/// The lowest id any group can match, from `hs_object_id GT/GTE` filters present in
+/// every group: keyed pages then skip what they already read instead of scanning it.
+fn id_floor(groups: &[&[Filter]]) -> u64 {
+    if groups.is_empty() {
+        return 0;
+    }
+    groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .filter(|f| f.property_name == "hs_object_id")
+                .filter_map(|f| {
+                    let v = f.value.as_ref()?;
+                    let n: u64 = v.as_str().map_or_else(|| v.as_u64(), |s| s.parse().ok())?;
+                    match f.operator.as_str() {
+                        "GT" => Some(n.saturating_add(1)),
+                        "GTE" => Some(n),
+                        _ => None,
+                    }
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+fn sort_matches(
+    object: &ObjectType,
+    matches: &mut [&FakeRecord],
+    property: &str,
+    descending: bool,
+    ties: TieOrder,
+    rng: &mut impl Rng,
+) {
+    if ties == TieOrder::Unstable {
+        matches.shuffle(rng);
+    }
+    let key = |r: &FakeRecord| value(object, r, property);
+    let order = |a: &&FakeRecord, b: &&FakeRecord| {
+        let o = match (key(a), key(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        };
+        if descending { o.reverse() } else { o }
+    };
+    match ties {
+        // A stable sort over shuffled input leaves equal keys in random order.
+        TieOrder::Unstable => matches.sort_by(order),
+        TieOrder::ById => matches.sort_by(|a, b| order(a, b).then(a.id.cmp(&b.id))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn store() -> Store {
+        let mut s = Store::default();
+        for id in 1..=30u64 {
+            let mut properties = BTreeMap::new();
+            properties.insert(
+                "firstname".into(),
+                if id % 2 == 0 { "Ada" } else { "Alan" }.into(),
+            );
+            s.insert(
+                "contacts",
+                FakeRecord {
+                    id,
+                    created: Millis(1_000),
+                    modified: Millis(1_000 + i64::try_from(id / 10).unwrap()),
+                    properties,
+                    revision: 0,
+                },
+            );
+        }
+        s
+    }
+
+    fn search(body: Value) -> Result<SearchResult, Invalid> {
+        let req: SearchRequest = serde_json::from_value(body).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        store().search(&"contacts".parse().unwrap(), &req, TieOrder::ById, &mut rng)
+    }
+
+    #[test]
+    fn filters_sorts_and_pages_like_hubspot() {
+        let f = |p: &str, op: &str, v: &str| json!({"propertyName": p, "operator": op, "value": v});
+        let cases: Vec<(Value, u64, Vec<u64>, Option<u64>)> = vec![
+            (json!({}), 30, (1..=10).collect(), Some(10)),
+            (
+                json!({"limit": 5, "after": "25"}),
+                30,
+                (26..=30).collect(),
+                None,
+            ),
+            (
+                json!({"filterGroups": [{"filters": [f("lastmodifieddate", "GTE", "1002"), f("hs_object_id", "GT", "25")]}]}),
+                5,
+                (26..=30).collect(),
+                None,
+            ),
+            (
+                json!({"filterGroups": [{"filters": [f("firstname", "EQ", "ada")]}], "limit": 3,
+                       "sorts": [{"propertyName": "hs_object_id", "direction": "DESCENDING"}]}),
+                15,
+                vec![30, 28, 26],
+                Some(3),
+            ),
+            (
+                json!({"filterGroups": [{"filters": [f("hs_object_id", "LTE", "2")]}, {"filters": [f("hs_object_id", "EQ", "29")]}]}),
+                3,
+                vec![1, 2, 29],
+                None,
+            ),
+            (
+                json!({"filterGroups": [{"filters": [{"propertyName": "lastmodifieddate", "operator": "BETWEEN",
+                        "value": "1970-01-01T00:00:01.001Z", "highValue": "1001"}]}]}),
+                10,
+                (10..=19).collect(),
+                None,
+            ),
+            (
+                json!({"filterGroups": [{"filters": [{"propertyName": "hs_object_id", "operator": "IN", "values": ["3", "7"]}]}]}),
+                2,
+                vec![3, 7],
+                None,
+            ),
+        ];
+        for (body, total, ids, next) in cases {
+            let r = search(body.clone()).unwrap();
+            assert_eq!(
+                (r.total, r.results, r.next_after),
+                (total, ids, next),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_what_hubspot_refuses() {
+        assert_eq!(
+            search(json!({"limit": 201})).unwrap_err(),
+            Invalid::Limit(201)
+        );
+        assert_eq!(
+            search(json!({"limit": 200, "after": "9900"})).unwrap_err(),
+            Invalid::PastCap {
+                after: 9900,
+                limit: 200
+            }
+        );
+        assert!(matches!(
+            search(
+                json!({"filterGroups": [{"filters": [{"propertyName": "x", "operator": "LIKE", "value": "1"}]}]})
+            ),
+            Err(Invalid::Operator(_))
+        ));
+    }
+}

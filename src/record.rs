@@ -1,0 +1,81 @@
+//! `Record`: one version of one CRM object as HubSpot returned it, and the shape handed
+//! to jsonl and exec handlers (`objectType`, `id`, `properties`, `createdAt`, `updatedAt`,
+//! `archived`). That shape is a public contract: handler scripts parse it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::object::ObjectType;
+use crate::timestamp::Millis;
+
+/// A HubSpot record id (`hs_object_id`): the key pages are keyed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordId(pub u64);
+
+/// One version of a record: `modified` is the value of the object's last-modified
+/// property, which together with `id` names the version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub id: RecordId,
+    pub modified: Millis,
+    pub properties: Map<String, Value>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub archived: bool,
+}
+
+/// The record shape handlers receive, borrowed so that writing it copies nothing.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    object_type: &'a str,
+    id: String,
+    properties: &'a Map<String, Value>,
+    created_at: &'a str,
+    updated_at: &'a str,
+    archived: bool,
+}
+
+impl Record {
+    /// Appends this record as one line of NDJSON (with the trailing newline) to `out`.
+    pub fn write_json_line(&self, object: &ObjectType, out: &mut Vec<u8>) {
+        let wire = Wire {
+            object_type: object.as_str(),
+            id: self.id.0.to_string(),
+            properties: &self.properties,
+            created_at: &self.created_at,
+            updated_at: &self.updated_at,
+            archived: self.archived,
+        };
+        // Serialising a map of JSON values into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, &wire).expect("record serialises");
+        out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_shape_is_the_documented_one() {
+        let mut properties = Map::new();
+        properties.insert("email".into(), Value::from("a@example.com"));
+        properties.insert("phone".into(), Value::Null);
+        let record = Record {
+            id: RecordId(42),
+            modified: Millis(1_700_000_000_000),
+            properties,
+            created_at: "2023-11-14T22:13:20.000Z".into(),
+            updated_at: "2023-11-14T22:13:20.000Z".into(),
+            archived: false,
+        };
+        let mut out = Vec::new();
+        record.write_json_line(&"contacts".parse().unwrap(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"objectType\":\"contacts\",\"id\":\"42\",\"properties\":{\"email\":\"a@example.com\",\"phone\":null},\
+             \"createdAt\":\"2023-11-14T22:13:20.000Z\",\"updatedAt\":\"2023-11-14T22:13:20.000Z\",\"archived\":false}\n"
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! `RunReport`: what one run did. The engine fills it in, the state file keeps it in
+//! `runs`, `poll --json` prints it and `status` shows the last one per object.
+
+use serde::Serialize;
+
+use crate::object::ObjectType;
+use crate::timestamp::Millis;
+use crate::window::Window;
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still going (or killed: the next run of the object marks it `interrupted`).
+    Running,
+    /// The window was scanned and the cursor moved to its `hi`.
+    Committed,
+    /// Nothing to scan yet: the window was empty; the cursor did not move.
+    Empty,
+    /// An error stopped the run; the cursor did not move.
+    Failed,
+    /// The process died while running; found by the next run.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The name stored in the state file and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Committed => "committed",
+            Outcome::Empty => "empty",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// The inverse of [`Outcome::as_str`]; unknown names read as `Failed`.
+    pub fn parse(s: &str) -> Outcome {
+        match s {
+            "running" => Outcome::Running,
+            "committed" => Outcome::Committed,
+            "empty" => Outcome::Empty,
+            "interrupted" => Outcome::Interrupted,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+/// Counters and bounds of one run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub object: String,
+    pub outcome: Outcome,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub window: WindowReport,
+    /// Whether this run continued a window an earlier run left open.
+    pub resumed: bool,
+    pub pages: u64,
+    /// Records search returned.
+    pub seen: u64,
+    /// Records handed to the sink.
+    pub delivered: u64,
+    /// Records skipped because the sink already has that version.
+    pub skipped: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub error: Option<String>,
+}
+
+/// A window as printed: RFC 3339 and epoch milliseconds.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowReport {
+    pub lo: String,
+    pub hi: String,
+    pub lo_ms: i64,
+    pub hi_ms: i64,
+}
+
+impl From<Window> for WindowReport {
+    fn from(w: Window) -> Self {
+        WindowReport {
+            lo: w.lo.to_rfc3339(),
+            hi: w.hi.to_rfc3339(),
+            lo_ms: w.lo.0,
+            hi_ms: w.hi.0,
+        }
+    }
+}
+
+impl RunReport {
+    /// A report for a run that starts now.
+    pub fn start(object: &ObjectType, window: Window, resumed: bool) -> RunReport {
+        RunReport {
+            object: object.to_string(),
+            outcome: Outcome::Running,
+            started_at: Millis::now().to_rfc3339(),
+            ended_at: None,
+            duration_ms: None,
+            window: window.into(),
+            resumed,
+            pages: 0,
+            seen: 0,
+            delivered: 0,
+            skipped: 0,
+            requests: 0,
+            retries: 0,
+            error: None,
+        }
+    }
+
+    /// Stamps the end of the run.
+    pub fn finish(&mut self, outcome: Outcome, error: Option<String>) {
+        let end = Millis::now();
+        self.outcome = outcome;
+        self.ended_at = Some(end.to_rfc3339());
+        self.duration_ms = Millis::parse_hubspot(&self.started_at).map(|s| end.0 - s.0);
+        self.error = error;
+    }
+}

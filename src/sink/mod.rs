@@ -1,0 +1,151 @@
+//! Sinks: where confirmed records go. A closed set, so an enum rather than trait objects:
+//!
+//! - `sqlite` (default): the `records` table of the state file, written in the same
+//!   transaction as the page's checkpoint (see `state.rs`), so delivery is exactly once;
+//! - `jsonl:PATH` (`-` for stdout): one JSON object a line, flushed and fsynced before
+//!   the checkpoint (`jsonl.rs`);
+//! - `exec:COMMAND`: each page as NDJSON on the stdin of `sh -c COMMAND`; exit 0 confirms
+//!   the page (`exec.rs`).
+//!
+//! The engine calls [`Sink::deliver`] and checkpoints only after it returned `Ok`.
+
+mod exec;
+mod jsonl;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::Result;
+
+use crate::object::ObjectType;
+use crate::record::Record;
+use crate::state::RecordsTable;
+
+pub use exec::ExecSink;
+pub use jsonl::JsonlSink;
+
+/// A parsed `--sink` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    Sqlite,
+    Jsonl(JsonlTarget),
+    Exec(String),
+}
+
+/// Where a jsonl sink writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonlTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// A `--sink` value that is none of the forms.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown sink `{0}`: use sqlite, jsonl:PATH (jsonl:- for stdout) or exec:COMMAND")]
+pub struct UnknownSink(String);
+
+impl FromStr for SinkSpec {
+    type Err = UnknownSink;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            None if s == "sqlite" => Ok(SinkSpec::Sqlite),
+            Some(("jsonl", "-")) => Ok(SinkSpec::Jsonl(JsonlTarget::Stdout)),
+            Some(("jsonl", path)) if !path.is_empty() => {
+                Ok(SinkSpec::Jsonl(JsonlTarget::File(path.into())))
+            }
+            Some(("exec", command)) if !command.trim().is_empty() => {
+                Ok(SinkSpec::Exec(command.to_owned()))
+            }
+            _ => Err(UnknownSink(s.to_owned())),
+        }
+    }
+}
+
+impl SinkSpec {
+    /// Whether this sink writes records to stdout.
+    pub fn uses_stdout(&self) -> bool {
+        matches!(self, SinkSpec::Jsonl(JsonlTarget::Stdout))
+    }
+}
+
+/// An open sink.
+pub enum Sink {
+    Sqlite,
+    Jsonl(JsonlSink),
+    Exec(ExecSink),
+}
+
+impl Sink {
+    /// Opens the sink `spec` names.
+    ///
+    /// # Errors
+    /// When a jsonl file cannot be opened for appending.
+    pub fn open(spec: &SinkSpec) -> Result<Sink> {
+        Ok(match spec {
+            SinkSpec::Sqlite => Sink::Sqlite,
+            SinkSpec::Jsonl(target) => Sink::Jsonl(JsonlSink::open(target)?),
+            SinkSpec::Exec(command) => Sink::Exec(ExecSink::new(command.clone())),
+        })
+    }
+
+    /// Hands `records` to the sink and returns once it has confirmed them. The sqlite
+    /// sink confirms in the checkpoint transaction instead (see [`Sink::records_table`]).
+    ///
+    /// # Errors
+    /// When the sink did not confirm: the page must not be checkpointed.
+    pub async fn deliver(&mut self, object: &ObjectType, records: &[&Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Sink::Sqlite => Ok(()),
+            Sink::Jsonl(sink) => sink.deliver(object, records),
+            Sink::Exec(sink) => sink.deliver(object, records).await,
+        }
+    }
+
+    /// Whether the checkpoint transaction also writes the records.
+    pub fn records_table(&self) -> RecordsTable {
+        match self {
+            Sink::Sqlite => RecordsTable::Write,
+            Sink::Jsonl(_) | Sink::Exec(_) => RecordsTable::Skip,
+        }
+    }
+}
+
+/// The page as NDJSON, the bytes jsonl and exec sinks write.
+fn ndjson(object: &ObjectType, records: &[&Record]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * 512);
+    for record in records {
+        record.write_json_line(object, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let cases = [
+            ("sqlite", Some(SinkSpec::Sqlite)),
+            ("jsonl:-", Some(SinkSpec::Jsonl(JsonlTarget::Stdout))),
+            (
+                "jsonl:out.jsonl",
+                Some(SinkSpec::Jsonl(JsonlTarget::File("out.jsonl".into()))),
+            ),
+            (
+                "exec:./load.sh --fast",
+                Some(SinkSpec::Exec("./load.sh --fast".into())),
+            ),
+            ("exec: ", None),
+            ("jsonl:", None),
+            ("postgres", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(input.parse::<SinkSpec>().ok(), want, "{input}");
+        }
+    }
+}

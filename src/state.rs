@@ -1,0 +1,547 @@
+//! The state file: one SQLite database (WAL) that holds where every sync stands.
+//!
+//! Tables: `cursors` (per object, the `hi` of the last committed window), `windows` (the
+//! open window of an object and its checkpoint), `delivered` (the newest version of each
+//! record the sink has confirmed, so overlap re-reads and resumed windows skip it), `runs`
+//! (one row per run) and `records` (the default sqlite sink). The schema version lives in
+//! `PRAGMA user_version`; [`MIGRATIONS`] moves an older file forward on open.
+//!
+//! Invariant: a page's checkpoint, its delivered versions and (for the sqlite sink) its
+//! records are written in one transaction, after the sink confirmed the page. The cursor
+//! moves only in [`State::commit_window`].
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::object::ObjectType;
+use crate::record::{Record, RecordId};
+use crate::report::{Outcome, RunReport, WindowReport};
+use crate::timestamp::Millis;
+use crate::window::{OpenWindow, Window};
+
+/// Schema steps; step `i` moves a file from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE cursors (
+        object     TEXT PRIMARY KEY,
+        cursor_ms  INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE windows (
+        object    TEXT PRIMARY KEY,
+        lo_ms     INTEGER NOT NULL,
+        hi_ms     INTEGER NOT NULL,
+        last_id   INTEGER,
+        pages     INTEGER NOT NULL DEFAULT 0,
+        opened_ms INTEGER NOT NULL
+    );
+    CREATE TABLE delivered (
+        object      TEXT NOT NULL,
+        id          INTEGER NOT NULL,
+        modified_ms INTEGER NOT NULL,
+        PRIMARY KEY (object, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        object      TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        ended_at    TEXT,
+        duration_ms INTEGER,
+        lo_ms       INTEGER NOT NULL,
+        hi_ms       INTEGER NOT NULL,
+        resumed     INTEGER NOT NULL,
+        pages       INTEGER NOT NULL,
+        seen        INTEGER NOT NULL,
+        delivered   INTEGER NOT NULL,
+        skipped     INTEGER NOT NULL,
+        requests    INTEGER NOT NULL,
+        retries     INTEGER NOT NULL,
+        error       TEXT
+    );
+    CREATE INDEX runs_by_object ON runs (object, id);
+    CREATE TABLE records (
+        object      TEXT NOT NULL,
+        id          INTEGER NOT NULL,
+        modified_ms INTEGER NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        archived    INTEGER NOT NULL,
+        properties  TEXT NOT NULL,
+        PRIMARY KEY (object, id)
+    ) WITHOUT ROWID;
+"];
+
+/// A run's row in `runs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunId(i64);
+
+/// What `status` shows for one object.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    pub object: String,
+    pub cursor: Option<String>,
+    pub cursor_ms: Option<i64>,
+    pub open_window: Option<OpenWindowStatus>,
+    pub last_run: Option<RunReport>,
+}
+
+/// An open window as `status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenWindowStatus {
+    #[serde(flatten)]
+    pub window: WindowReport,
+    pub last_id: Option<String>,
+    pub pages: u64,
+}
+
+/// Whether the default sink's records go into the same transaction as the checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordsTable {
+    Write,
+    Skip,
+}
+
+/// An open state file.
+pub struct State {
+    conn: Connection,
+}
+
+impl State {
+    /// Opens (creating if needed) the state file and migrates it to the current schema.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or written, or was written by a newer version.
+    pub fn open(path: &Path) -> Result<State> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening state file {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL lets `status` read while a run writes; NORMAL sync is durable across process
+        // crashes, which is what a checkpoint must survive.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(|| format!("opening state file {}", path.display()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut state = State { conn };
+        state
+            .migrate()
+            .with_context(|| format!("migrating state file {}", path.display()))?;
+        Ok(state)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: usize = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        anyhow::ensure!(
+            version <= MIGRATIONS.len(),
+            "schema version {version} is newer than this martech-sync understands ({}); upgrade martech-sync",
+            MIGRATIONS.len()
+        );
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(step)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The stored cursor of `object`, if a window was ever committed.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn cursor(&self, object: &ObjectType) -> Result<Option<Millis>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT cursor_ms FROM cursors WHERE object = ?1",
+                [object.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .map(Millis))
+    }
+
+    /// The window a previous run of `object` left open, with its checkpoint.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn open_window(&self, object: &ObjectType) -> Result<Option<OpenWindow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT lo_ms, hi_ms, last_id FROM windows WHERE object = ?1",
+                [object.as_str()],
+                |r| {
+                    Ok(OpenWindow {
+                        window: Window {
+                            lo: Millis(r.get(0)?),
+                            hi: Millis(r.get(1)?),
+                        },
+                        last_id: r.get::<_, Option<i64>>(2)?.map(to_id),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records the start of a run: marks runs of `object` that never finished as
+    /// interrupted (the caller holds the object's lock, so none is alive), opens
+    /// `window` unless it is being resumed, and inserts the run's row.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn start_run(&mut self, object: &ObjectType, report: &RunReport) -> Result<RunId> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE runs SET outcome = 'interrupted' WHERE object = ?1 AND outcome = 'running'",
+            [object.as_str()],
+        )?;
+        if !report.resumed {
+            tx.execute(
+                "INSERT OR REPLACE INTO windows (object, lo_ms, hi_ms, last_id, pages, opened_ms)
+                 VALUES (?1, ?2, ?3, NULL, 0, ?4)",
+                params![
+                    object.as_str(),
+                    report.window.lo_ms,
+                    report.window.hi_ms,
+                    Millis::now().0
+                ],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO runs (object, outcome, started_at, lo_ms, hi_ms, resumed, pages, seen,
+                               delivered, skipped, requests, retries)
+             VALUES (?1, 'running', ?2, ?3, ?4, ?5, 0, 0, 0, 0, 0, 0)",
+            params![
+                object.as_str(),
+                report.started_at,
+                report.window.lo_ms,
+                report.window.hi_ms,
+                report.resumed
+            ],
+        )?;
+        let id = RunId(tx.last_insert_rowid());
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Keeps the records whose version the sink does not have yet, in order.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn undelivered<'r>(
+        &self,
+        object: &ObjectType,
+        records: &'r [Record],
+    ) -> Result<Vec<&'r Record>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT modified_ms FROM delivered WHERE object = ?1 AND id = ?2")?;
+        let mut fresh = Vec::with_capacity(records.len());
+        for record in records {
+            let have: Option<i64> = stmt
+                .query_row(params![object.as_str(), to_sql(record.id)], |r| r.get(0))
+                .optional()?;
+            if have.is_none_or(|m| m < record.modified.0) {
+                fresh.push(record);
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Checkpoints a confirmed page in one transaction: the versions delivered, the
+    /// records themselves for the sqlite sink, and the window's `last_id`.
+    ///
+    /// # Errors
+    /// On SQLite errors; nothing of the page is then written.
+    pub fn commit_page(
+        &mut self,
+        object: &ObjectType,
+        last_id: RecordId,
+        delivered: &[&Record],
+        records_table: RecordsTable,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        remember_delivered(&tx, object, delivered)?;
+        if records_table == RecordsTable::Write {
+            upsert_records(&tx, object, delivered)?;
+        }
+        tx.execute(
+            "UPDATE windows SET last_id = ?2, pages = pages + 1 WHERE object = ?1",
+            params![object.as_str(), to_sql(last_id)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Commits the window: moves the cursor to `cursor`, closes the window and finishes
+    /// the run's row, in one transaction.
+    ///
+    /// # Errors
+    /// On SQLite errors; the cursor then stays where it was.
+    pub fn commit_window(
+        &mut self,
+        object: &ObjectType,
+        cursor: Millis,
+        run: RunId,
+        report: &RunReport,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO cursors (object, cursor_ms, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (object) DO UPDATE SET cursor_ms = excluded.cursor_ms,
+                                                updated_ms = excluded.updated_ms",
+            params![object.as_str(), cursor.0, Millis::now().0],
+        )?;
+        tx.execute("DELETE FROM windows WHERE object = ?1", [object.as_str()])?;
+        finish_run(&tx, run, report)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Finishes a run that did not commit; the cursor and the open window stay.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn finish_run(&mut self, run: RunId, report: &RunReport) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        finish_run(&tx, run, report)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where every object stands, ordered by object name.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn status(&self) -> Result<Vec<ObjectStatus>> {
+        let mut objects: Vec<String> = self
+            .conn
+            .prepare(
+                "SELECT object FROM cursors UNION SELECT object FROM windows
+                 UNION SELECT object FROM runs ORDER BY 1",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        objects.dedup();
+        objects.iter().map(|o| self.object_status(o)).collect()
+    }
+
+    /// Up to `n` rows of the sqlite sink's records of `object`, as JSON lines.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn sample_records(&self, object: &str, n: usize) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT json_object('id', CAST(id AS TEXT), 'updatedAt', updated_at,
+                                'properties', json(properties))
+             FROM records WHERE object = ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![object, i64::try_from(n)?], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn object_status(&self, object: &str) -> Result<ObjectStatus> {
+        let cursor: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT cursor_ms FROM cursors WHERE object = ?1",
+                [object],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let open_window = self
+            .conn
+            .query_row(
+                "SELECT lo_ms, hi_ms, last_id, pages FROM windows WHERE object = ?1",
+                [object],
+                |r| {
+                    let window = Window {
+                        lo: Millis(r.get(0)?),
+                        hi: Millis(r.get(1)?),
+                    };
+                    Ok(OpenWindowStatus {
+                        window: window.into(),
+                        last_id: r.get::<_, Option<i64>>(2)?.map(|i| i.to_string()),
+                        pages: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?;
+        let last_run = self
+            .conn
+            .query_row(
+                "SELECT object, outcome, started_at, ended_at, duration_ms, lo_ms, hi_ms, resumed,
+                        pages, seen, delivered, skipped, requests, retries, error
+                 FROM runs WHERE object = ?1 ORDER BY id DESC LIMIT 1",
+                [object],
+                |r| {
+                    let window = Window {
+                        lo: Millis(r.get(5)?),
+                        hi: Millis(r.get(6)?),
+                    };
+                    Ok(RunReport {
+                        object: r.get(0)?,
+                        outcome: Outcome::parse(&r.get::<_, String>(1)?),
+                        started_at: r.get(2)?,
+                        ended_at: r.get(3)?,
+                        duration_ms: r.get(4)?,
+                        window: window.into(),
+                        resumed: r.get(7)?,
+                        pages: r.get(8)?,
+                        seen: r.get(9)?,
+                        delivered: r.get(10)?,
+                        skipped: r.get(11)?,
+                        requests: r.get(12)?,
+                        retries: r.get(13)?,
+                        error: r.get(14)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(ObjectStatus {
+            object: object.to_owned(),
+            cursor: cursor.map(|c| Millis(c).to_rfc3339()),
+            cursor_ms: cursor,
+            open_window,
+            last_run,
+        })
+    }
+}
+
+fn finish_run(tx: &Transaction<'_>, run: RunId, report: &RunReport) -> Result<()> {
+    tx.execute(
+        "UPDATE runs SET outcome = ?2, ended_at = ?3, duration_ms = ?4, pages = ?5, seen = ?6,
+                         delivered = ?7, skipped = ?8, requests = ?9, retries = ?10, error = ?11
+         WHERE id = ?1",
+        params![
+            run.0,
+            report.outcome.as_str(),
+            report.ended_at,
+            report.duration_ms,
+            report.pages,
+            report.seen,
+            report.delivered,
+            report.skipped,
+            report.requests,
+            report.retries,
+            report.error
+        ],
+    )?;
+    Ok(())
+}
+
+fn remember_delivered(
+    tx: &Transaction<'_>,
+    object: &ObjectType,
+    records: &[&Record],
+) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO delivered (object, id, modified_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (object, id) DO UPDATE SET modified_ms = excluded.modified_ms
+         WHERE excluded.modified_ms > delivered.modified_ms",
+    )?;
+    for r in records {
+        stmt.execute(params![object.as_str(), to_sql(r.id), r.modified.0])?;
+    }
+    Ok(())
+}
+
+fn upsert_records(tx: &Transaction<'_>, object: &ObjectType, records: &[&Record]) -> Result<()> {
+    // Never replace a newer version with an older one: a resumed window or a webhook may
+    // bring an older version after a newer one.
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO records (object, id, modified_ms, created_at, updated_at, archived, properties)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (object, id) DO UPDATE SET
+             modified_ms = excluded.modified_ms, created_at = excluded.created_at,
+             updated_at = excluded.updated_at, archived = excluded.archived,
+             properties = excluded.properties
+         WHERE excluded.modified_ms >= records.modified_ms",
+    )?;
+    for r in records {
+        let properties = serde_json::to_string(&r.properties)?;
+        stmt.execute(params![
+            object.as_str(),
+            to_sql(r.id),
+            r.modified.0,
+            r.created_at,
+            r.updated_at,
+            r.archived,
+            properties
+        ])?;
+    }
+    Ok(())
+}
+
+// SQLite integers are i64; HubSpot ids are far below 2^63.
+fn to_sql(id: RecordId) -> i64 {
+    i64::try_from(id.0).unwrap_or(i64::MAX)
+}
+
+fn to_id(v: i64) -> RecordId {
+    RecordId(u64::try_from(v).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn record(id: u64, modified: i64) -> Record {
+        Record {
+            id: RecordId(id),
+            modified: Millis(modified),
+            properties: Map::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            archived: false,
+        }
+    }
+
+    #[test]
+    fn delivered_versions_are_skipped_and_newer_ones_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(&dir.path().join("s.db")).unwrap();
+        let object: ObjectType = "contacts".parse().unwrap();
+        let window = Window {
+            lo: Millis(0),
+            hi: Millis(100),
+        };
+        let report = RunReport::start(&object, window, false);
+        state.start_run(&object, &report).unwrap();
+        let first = [record(1, 10), record(2, 10)];
+        let fresh = state.undelivered(&object, &first).unwrap();
+        assert_eq!(fresh.len(), 2);
+        state
+            .commit_page(&object, RecordId(2), &fresh, RecordsTable::Write)
+            .unwrap();
+        let again = [record(1, 10), record(2, 11), record(3, 5)];
+        let ids: Vec<u64> = state
+            .undelivered(&object, &again)
+            .unwrap()
+            .iter()
+            .map(|r| r.id.0)
+            .collect();
+        assert_eq!(ids, [2, 3]);
+        let open = state.open_window(&object).unwrap().unwrap();
+        assert_eq!(open.last_id, Some(RecordId(2)));
+    }
+
+    #[test]
+    fn reopening_keeps_the_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(State::open(&path).unwrap());
+        let state = State::open(&path).unwrap();
+        let v: usize = state
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len());
+    }
+}

@@ -1,0 +1,236 @@
+//! Window planning: which closed interval `[lo, hi]` of last-modified times a run scans,
+//! and whether it resumes an interrupted window. Pure: the state it needs is passed in
+//! and the decision comes back, so every rule has a table test below.
+//!
+//! The rules (DESIGN.md, "The window engine"):
+//! - `lo = cursor − overlap`, or `--since`, or the beginning of time on a first run;
+//! - `hi = now − settle`, or `--until`, frozen for the whole run: records modified while
+//!   we page belong to the next window;
+//! - an open window (a run that did not finish) is resumed from its checkpoint unless the
+//!   user names a different window with `--since`/`--until`;
+//! - committing moves the cursor to `hi`, never backwards.
+
+use std::time::Duration;
+
+use crate::record::RecordId;
+use crate::timestamp::Millis;
+
+/// A closed interval of last-modified times, frozen when the window opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub lo: Millis,
+    pub hi: Millis,
+}
+
+/// A window that was opened and not yet committed, with how far it got: every record
+/// with an id up to `last_id` has been confirmed by the sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenWindow {
+    pub window: Window,
+    pub last_id: Option<RecordId>,
+}
+
+/// How far behind "now" the window stops and how far before the cursor it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Margins {
+    /// Re-read this much before the cursor, to catch records the search index showed late.
+    pub overlap: Duration,
+    /// Stop this much before now, so the index has caught up with what the window covers.
+    pub settle: Duration,
+}
+
+/// Explicit bounds from `--since`/`--until`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bounds {
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+}
+
+/// What a run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Start a new window from its first record.
+    Fresh(Window),
+    /// Continue an interrupted window after its checkpoint.
+    Resume(OpenWindow),
+    /// `lo` is not before `hi`: there is nothing to scan yet (runs closer together than
+    /// the settle time).
+    Empty(Window),
+}
+
+/// Bounds that contradict each other.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("--since {since} is after --until {until}")]
+pub struct InvertedBounds {
+    pub since: Millis,
+    pub until: Millis,
+}
+
+/// Decides the window of this run.
+///
+/// # Errors
+/// When `--since` is after `--until`.
+pub fn plan(
+    cursor: Option<Millis>,
+    open: Option<OpenWindow>,
+    bounds: Bounds,
+    now: Millis,
+    margins: Margins,
+) -> Result<Plan, InvertedBounds> {
+    if let (Some(since), Some(until)) = (bounds.since, bounds.until)
+        && since > until
+    {
+        return Err(InvertedBounds { since, until });
+    }
+    if let Some(open) = open {
+        let same_lo = bounds.since.is_none_or(|s| s == open.window.lo);
+        let same_hi = bounds.until.is_none_or(|u| u == open.window.hi);
+        if same_lo && same_hi {
+            return Ok(Plan::Resume(open));
+        }
+    }
+    let lo = bounds.since.unwrap_or_else(|| match cursor {
+        Some(c) => c.minus(margins.overlap).max(Millis::BEGINNING),
+        None => Millis::BEGINNING,
+    });
+    let hi = bounds.until.unwrap_or_else(|| now.minus(margins.settle));
+    let window = Window { lo, hi };
+    if lo > hi {
+        Ok(Plan::Empty(window))
+    } else {
+        Ok(Plan::Fresh(window))
+    }
+}
+
+/// The cursor after `window` commits: its `hi`, but never earlier than the stored one
+/// (a backfill of an old range must not make the next cron run re-read months).
+pub fn next_cursor(stored: Option<Millis>, window: Window) -> Millis {
+    stored.map_or(window.hi, |c| c.max(window.hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn margins() -> Margins {
+        Margins {
+            overlap: Duration::from_secs(300),
+            settle: Duration::from_secs(30),
+        }
+    }
+
+    fn w(lo: i64, hi: i64) -> Window {
+        Window {
+            lo: Millis(lo),
+            hi: Millis(hi),
+        }
+    }
+
+    #[test]
+    fn plans() {
+        let now = 1_000 * MIN;
+        let open = OpenWindow {
+            window: w(100 * MIN, 900 * MIN),
+            last_id: Some(RecordId(77)),
+        };
+        let none = Bounds::default();
+        let since = |s: i64| Bounds {
+            since: Some(Millis(s)),
+            until: None,
+        };
+        type Case = (&'static str, Option<i64>, Option<OpenWindow>, Bounds, Plan);
+        let cases: Vec<Case> = vec![
+            (
+                "first run covers all history",
+                None,
+                None,
+                none,
+                Plan::Fresh(w(1_000, now - 30_000)),
+            ),
+            (
+                "cron run starts overlap before the cursor",
+                Some(990 * MIN),
+                None,
+                none,
+                Plan::Fresh(w(985 * MIN, now - 30_000)),
+            ),
+            (
+                "--since replaces the cursor",
+                Some(990 * MIN),
+                None,
+                since(10 * MIN),
+                Plan::Fresh(w(10 * MIN, now - 30_000)),
+            ),
+            (
+                "--until bounds the window",
+                None,
+                None,
+                Bounds {
+                    since: Some(Millis(10 * MIN)),
+                    until: Some(Millis(20 * MIN)),
+                },
+                Plan::Fresh(w(10 * MIN, 20 * MIN)),
+            ),
+            (
+                "an open window resumes with its frozen hi",
+                Some(100 * MIN + 300_000),
+                Some(open),
+                none,
+                Plan::Resume(open),
+            ),
+            (
+                "an open window resumes when --since names its lo",
+                None,
+                Some(open),
+                since(100 * MIN),
+                Plan::Resume(open),
+            ),
+            (
+                "a different --since abandons the open window",
+                None,
+                Some(open),
+                since(5 * MIN),
+                Plan::Fresh(w(5 * MIN, now - 30_000)),
+            ),
+            (
+                "runs closer than settle have nothing to scan",
+                Some(now + MIN),
+                None,
+                Bounds {
+                    since: None,
+                    until: None,
+                },
+                Plan::Fresh(w(now - 4 * MIN, now - 30_000)),
+            ),
+            (
+                "a cursor in the future gives an empty window",
+                Some(now + 10 * MIN),
+                None,
+                none,
+                Plan::Empty(w(now + 5 * MIN, now - 30_000)),
+            ),
+        ];
+        for (name, cursor, open, bounds, want) in cases {
+            let got = plan(cursor.map(Millis), open, bounds, Millis(now), margins()).unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn inverted_bounds_are_refused() {
+        let bounds = Bounds {
+            since: Some(Millis(2)),
+            until: Some(Millis(1)),
+        };
+        assert!(plan(None, None, bounds, Millis(10), margins()).is_err());
+    }
+
+    #[test]
+    fn cursor_never_moves_back() {
+        assert_eq!(next_cursor(None, w(1, 5)), Millis(5));
+        assert_eq!(next_cursor(Some(Millis(3)), w(1, 5)), Millis(5));
+        assert_eq!(next_cursor(Some(Millis(9)), w(1, 5)), Millis(9));
+    }
+}
