@@ -1,1 +1,7 @@
+//! The one integration-test binary: the real `martech-sync` binary against the fake
+//! HubSpot on loopback.
 
+mod support;
+
+mod cli;
+mod engine;

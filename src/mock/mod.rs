@@ -63,6 +63,8 @@ pub struct Knobs {
     pub mutations: Vec<Mutation>,
     /// Faults by search request number (1-based).
     pub faults: BTreeMap<u64, Fault>,
+    /// Search requests from this number on wait until [`MockHubspot::release`].
+    pub hold_from: Option<u64>,
 }
 
 impl Default for Knobs {
@@ -71,6 +73,7 @@ impl Default for Knobs {
             ties: TieOrder::ById,
             mutations: Vec::new(),
             faults: BTreeMap::new(),
+            hold_from: None,
         }
     }
 }
@@ -81,8 +84,8 @@ struct Shared {
     token: Option<String>,
     /// Search requests that arrived, whether or not they were answered yet.
     arrived: watch::Sender<u64>,
-    /// Whether requests pass; a closed gate holds them.
-    gate: watch::Sender<bool>,
+    /// Whether held requests may go on.
+    released: watch::Sender<bool>,
     statuses: Mutex<BTreeMap<u16, u64>>,
     rng: Mutex<StdRng>,
 }
@@ -127,7 +130,7 @@ impl MockHubspot {
             knobs: Mutex::default(),
             token,
             arrived: watch::Sender::new(0),
-            gate: watch::Sender::new(true),
+            released: watch::Sender::new(false),
             statuses: Mutex::default(),
             rng: Mutex::new(StdRng::seed_from_u64(0x5eed)),
         });
@@ -184,9 +187,15 @@ impl MockHubspot {
         let _ = rx.wait_for(|seen| *seen >= n).await;
     }
 
-    /// Holds (`false`) or releases (`true`) every search request.
-    pub fn set_gate(&self, open: bool) {
-        self.shared.gate.send_replace(open);
+    /// Holds every search request from number `n` on (1-based) until [`Self::release`].
+    pub fn hold_from(&self, n: u64) {
+        self.shared.released.send_replace(false);
+        self.knobs().hold_from = Some(n);
+    }
+
+    /// Lets held requests go on.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
     }
 
     /// Stops the server and waits for it.
@@ -202,7 +211,7 @@ impl MockHubspot {
 
 impl Drop for MockHubspot {
     fn drop(&mut self) {
-        self.shared.gate.send_replace(true);
+        self.shared.released.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -220,8 +229,11 @@ async fn search(
         *c += 1;
         n = *c;
     });
-    let mut gate = shared.gate.subscribe();
-    let _ = gate.wait_for(|open| *open).await;
+    let held = lock(&shared.knobs).hold_from.is_some_and(|from| n >= from);
+    if held {
+        let mut released = shared.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+    }
 
     let correlation_id = correlation_id(&shared);
     let answer = answer_search(&shared, n, &object, &headers, &body, &correlation_id);

@@ -259,15 +259,19 @@ impl Store {
             check_filter(filter)?;
         }
 
+        let compiled: Vec<Vec<Compiled<'_>>> = groups
+            .iter()
+            .map(|g| g.iter().map(Compiled::new).collect())
+            .collect();
         let records = self.objects.get(object.as_str());
         let mut matches: Vec<&FakeRecord> = records
             .into_iter()
             .flat_map(|m| m.range(id_floor(&groups)..).map(|(_, r)| r))
             .filter(|r| {
-                groups.is_empty()
-                    || groups
+                compiled.is_empty()
+                    || compiled
                         .iter()
-                        .any(|g| g.iter().all(|f| matches(object, r, f)))
+                        .any(|g| g.iter().all(|f| f.matches(object, r)))
             })
             .collect();
         if let Some(sort) = request.sorts.first() {
@@ -390,32 +394,56 @@ fn check_filter(f: &Filter) -> Result<(), Invalid> {
     }
 }
 
-fn matches(object: &ObjectType, r: &FakeRecord, f: &Filter) -> bool {
-    let have = value(object, r, &f.property_name);
-    let want = f.value.as_ref().and_then(Val::from_json);
-    let cmp = |want: &Option<Val>| match (&have, want) {
-        (Some(h), Some(w)) => Some(h.cmp(w)),
-        _ => None,
-    };
-    match f.operator.as_str() {
-        "EQ" => cmp(&want) == Some(Ordering::Equal),
-        "NEQ" => cmp(&want) != Some(Ordering::Equal),
-        "LT" => cmp(&want) == Some(Ordering::Less),
-        "LTE" => matches!(cmp(&want), Some(Ordering::Less | Ordering::Equal)),
-        "GT" => cmp(&want) == Some(Ordering::Greater),
-        "GTE" => matches!(cmp(&want), Some(Ordering::Greater | Ordering::Equal)),
-        "BETWEEN" => {
-            let high = f.high_value.as_ref().and_then(Val::from_json);
-            matches!(cmp(&want), Some(Ordering::Greater | Ordering::Equal))
-                && matches!(cmp(&high), Some(Ordering::Less | Ordering::Equal))
+/// A filter with its values parsed once per request rather than once per record.
+struct Compiled<'a> {
+    property: &'a str,
+    operator: &'a str,
+    value: Option<Val>,
+    high: Option<Val>,
+    values: Vec<Val>,
+}
+
+impl<'a> Compiled<'a> {
+    fn new(f: &'a Filter) -> Compiled<'a> {
+        Compiled {
+            property: &f.property_name,
+            operator: &f.operator,
+            value: f.value.as_ref().and_then(Val::from_json),
+            high: f.high_value.as_ref().and_then(Val::from_json),
+            values: f
+                .values
+                .iter()
+                .flatten()
+                .filter_map(Val::from_json)
+                .collect(),
         }
-        "IN" => f.values.iter().flatten().any(|v| {
-            let v = Val::from_json(v);
-            cmp(&v) == Some(Ordering::Equal)
-        }),
-        "HAS_PROPERTY" => have.is_some(),
-        "NOT_HAS_PROPERTY" => have.is_none(),
-        _ => false,
+    }
+
+    fn matches(&self, object: &ObjectType, r: &FakeRecord) -> bool {
+        let have = value(object, r, self.property);
+        let cmp = |want: &Option<Val>| match (&have, want) {
+            (Some(h), Some(w)) => Some(h.cmp(w)),
+            _ => None,
+        };
+        let at_least =
+            |want: &Option<Val>| matches!(cmp(want), Some(Ordering::Greater | Ordering::Equal));
+        let at_most =
+            |want: &Option<Val>| matches!(cmp(want), Some(Ordering::Less | Ordering::Equal));
+        match self.operator {
+            "EQ" => cmp(&self.value) == Some(Ordering::Equal),
+            "NEQ" => cmp(&self.value) != Some(Ordering::Equal),
+            "LT" => cmp(&self.value) == Some(Ordering::Less),
+            "LTE" => at_most(&self.value),
+            "GT" => cmp(&self.value) == Some(Ordering::Greater),
+            "GTE" => at_least(&self.value),
+            "BETWEEN" => at_least(&self.value) && at_most(&self.high),
+            "IN" => have
+                .as_ref()
+                .is_some_and(|h| self.values.iter().any(|v| h.cmp(v) == Ordering::Equal)),
+            "HAS_PROPERTY" => have.is_some(),
+            "NOT_HAS_PROPERTY" => have.is_none(),
+            _ => false,
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The exec sink: each page as NDJSON on the stdin of `sh -c COMMAND`. Exit 0 confirms
-//! the page; anything else fails the run with the end of the command's stderr. The
-//! command's stdout and stderr go to our stderr (our stdout is for data and `--json`).
+//! the page; anything else fails the run with the end of the command's stderr in the
+//! one error line. The command's stdout goes to our stderr (our stdout is for data and
+//! `--json`); its stderr of a confirmed page is logged at INFO.
 
 use std::process::Stdio;
 
@@ -58,9 +59,6 @@ impl ExecSink {
                 match stderr.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        // Pass the handler's own messages through to the operator.
-                        use std::io::Write;
-                        let _ = std::io::stderr().write_all(&buf[..n]);
                         tail.extend_from_slice(&buf[..n]);
                         if tail.len() > 4 * TAIL_BYTES {
                             tail.drain(..tail.len() - TAIL_BYTES);
@@ -83,6 +81,10 @@ impl ExecSink {
                 records.len(),
                 tail_line(&tail)
             );
+        }
+        let said = tail_line(&tail);
+        if !said.is_empty() {
+            tracing::info!(handler = %self.command, "handler said{said}");
         }
         Ok(())
     }

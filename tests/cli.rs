@@ -1,0 +1,148 @@
+//! What a user sees at the command line: exit codes, error lines, `status`, the token
+//! kept out of every output.
+
+use crate::support::{Env, TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_fails_with_hubspots_message_and_never_shows_the_token() {
+    let env = Env::contacts(10).await;
+    let bad = "pat-na1-WRONG-a9f2e1d7c3b5";
+    for verbosity in [None, Some("-vvv")] {
+        let mut args = vec!["poll", "contacts"];
+        args.extend(verbosity);
+        let out = env.cmd(&args).env("HUBSPOT_TOKEN", bad).run().await.code(1);
+        assert!(out.stderr.contains("401 Unauthorized"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("Authentication credentials not found"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .contains("[INVALID_AUTHENTICATION] (correlation id "),
+            "{}",
+            out.stderr
+        );
+        for output in [&out.stdout, &out.stderr] {
+            assert!(
+                !output.contains(bad),
+                "token leaked with {verbosity:?}:\n{output}"
+            );
+            assert!(
+                !output.contains("WRONG"),
+                "token leaked with {verbosity:?}:\n{output}"
+            );
+        }
+        if verbosity.is_none() {
+            out.error_line();
+        }
+    }
+    assert!(env.object_status("contacts").await["cursor"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_good_token_never_shows_either() {
+    let env = Env::contacts(500).await;
+    let out = env.poll(&["-vvv", "--json"]).run().await.success();
+    assert!(!out.stdout.contains(TOKEN) && !out.stderr.contains(TOKEN));
+    assert!(out.stderr.contains("page checkpointed"), "-vvv logs pages");
+    let help = env.cmd(&["poll", "--help"]).run().await.success();
+    assert!(!help.stdout.contains(TOKEN), "--help shows the env value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_shows_cursor_window_and_last_run() {
+    let env = Env::contacts(450).await;
+    let before = env.status().await;
+    assert_eq!(before["objects"], serde_json::json!([]));
+
+    let summary = env
+        .poll(&["--json", "--page-size", "200"])
+        .run()
+        .await
+        .success()
+        .summary();
+
+    let s = env.object_status("contacts").await;
+    assert_eq!(s["cursor"], summary["window"]["hi"]);
+    assert_eq!(s["cursorMs"], summary["window"]["hiMs"]);
+    assert!(s["openWindow"].is_null());
+    let run = &s["lastRun"];
+    assert_eq!(run["outcome"], "committed");
+    assert_eq!(run["delivered"], 450);
+    assert_eq!(run["pages"], 3);
+    assert_eq!(run["requests"], 3);
+    assert_eq!(run["window"]["lo"], "1970-01-01T00:00:01.000Z");
+    assert!(run["startedAt"].is_string() && run["endedAt"].is_string());
+    assert!(run["error"].is_null());
+
+    let table = env.cmd(&["status"]).run().await.success();
+    assert!(table.stdout.contains("contacts"), "{}", table.stdout);
+    assert!(table.stdout.contains("committed"), "{}", table.stdout);
+    let one = env
+        .cmd(&["status", "deals", "--json"])
+        .run()
+        .await
+        .success();
+    assert!(one.stdout.contains("\"objects\": []"), "{}", one.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_exit_2_without_touching_anything() {
+    let env = Env::contacts(10).await;
+    let cases: [&[&str]; 6] = [
+        &["poll", "leads"],
+        &["poll", "contacts", "--page-size", "500"],
+        &["poll", "contacts", "--since", "last week"],
+        &["poll", "contacts", "--sink", "kafka:topic"],
+        &["poll", "contacts", "--overlap", "5 parsecs"],
+        &["frobnicate"],
+    ];
+    for args in cases {
+        env.cmd(args).run().await.code(2);
+    }
+    let out = env
+        .cmd(&["poll", "contacts"])
+        .env_remove("HUBSPOT_TOKEN")
+        .run()
+        .await
+        .code(2);
+    assert!(out.error_line().contains("HUBSPOT_TOKEN"));
+    assert_eq!(env.mock.searches(), 0);
+    assert!(!env.db().exists(), "a usage error created the state file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_the_same_object_exits_75_and_names_the_holder() {
+    let env = Env::contacts(600).await;
+    env.mock.hold_from(1);
+    let first = env.poll(&[]).spawn();
+    let pid = first.id().expect("pid");
+    env.mock.wait_for_searches(1).await;
+
+    let out = env.poll(&[]).run().await.code(75);
+    let line = out.error_line();
+    assert!(line.contains(&format!("pid {pid}")), "{line}");
+    assert_eq!(env.mock.searches(), 1, "the second run searched");
+    env.mock.release();
+    let first = first.wait_with_output().await.expect("first run ends");
+    assert_eq!(first.status.code(), Some(0));
+    let counts = crate::support::id_counts(&env.lines("out.jsonl"));
+    assert_eq!(counts.len(), 600);
+    assert!(counts.values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_without_an_account() {
+    let env = Env::contacts(1).await;
+    let out = env
+        .cmd(&["demo", "--records", "500"])
+        .env_remove("HUBSPOT_TOKEN")
+        .env_remove("HUBSPOT_BASE_URL")
+        .run()
+        .await
+        .success();
+    assert!(out.stdout.contains("with 500 contacts"), "{}", out.stdout);
+    assert!(out.stdout.contains("500 delivered"), "{}", out.stdout);
+    assert!(out.stdout.contains("0 delivered"), "{}", out.stdout);
+}

@@ -1,0 +1,269 @@
+//! The guarantee (DESIGN.md): every record modified inside a committed window reaches
+//! the handler, and an unchanged version is not handed over twice, whatever the scan
+//! meets.
+
+use std::time::Duration;
+
+use martech_sync::mock::{Fault, Mutation, TieOrder, seed};
+
+use crate::support::{BASE, Env, id_counts, store_of};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_ten_thousand_matches_are_all_delivered() {
+    // Ids with gaps, and timestamps shared by many records: neither may matter.
+    let ids = (0..25_000u64).map(|i| 1_000 + i * 7);
+    let env = Env::new(store_of(seed::synthetic(ids.clone(), |id| {
+        BASE.plus(Duration::from_secs(id % 500))
+    })))
+    .await;
+
+    let out = env.poll(&["--json"]).run().await.success();
+
+    let counts = id_counts(&env.lines("out.jsonl"));
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        ids.collect::<Vec<_>>()
+    );
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "an id was delivered twice"
+    );
+    assert_eq!(env.mock.answered(400), 0, "the fake refused a request");
+    let summary = out.summary();
+    assert_eq!(summary["delivered"], 25_000);
+    assert_eq!(summary["pages"], 125);
+    assert_eq!(summary["requests"], 125);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_sharing_one_millisecond_with_unstable_order() {
+    let same = seed::synthetic(1..=3_000, |_| BASE);
+    let others = seed::synthetic(3_001..=3_500, |id| BASE.plus(Duration::from_millis(id)));
+    let env = Env::new(store_of(same.into_iter().chain(others).collect())).await;
+    env.mock.knobs().ties = TieOrder::Unstable;
+
+    env.poll(&[]).run().await.success();
+
+    let counts = id_counts(&env.lines("out.jsonl"));
+    assert_eq!(counts.len(), 3_500);
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (1..=3_500).collect::<Vec<_>>()
+    );
+    assert!(counts.values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_modified_while_paging_reach_the_next_window() {
+    let env = Env::contacts(5_000).await;
+    // Three pages of 200 are out when the fake modifies 50 records already returned
+    // and 50 not yet returned: the latter leave the frozen window mid-scan.
+    let returned: Vec<u64> = (1..=600).step_by(12).collect();
+    let pending: Vec<u64> = (1_000..=5_000).step_by(80).take(50).collect();
+    assert_eq!((returned.len(), pending.len()), (50, 50));
+    env.mock.knobs().mutations.push(Mutation {
+        after_request: 3,
+        object: "contacts".into(),
+        ids: returned.iter().chain(&pending).copied().collect(),
+    });
+
+    env.poll(&[]).run().await.success();
+    env.poll(&[]).run().await.success();
+
+    let lines = env.lines("out.jsonl");
+    let counts = id_counts(&lines);
+    assert_eq!(counts.len(), 5_000, "every id delivered");
+    let store = env.mock.store();
+    for id in returned.iter().chain(&pending) {
+        let newest = store.get("contacts", *id).unwrap().modified.to_rfc3339();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["id"].as_str() == Some(&*id.to_string())
+                    && l["updatedAt"] == newest.as_str()),
+            "new version of {id} not delivered"
+        );
+    }
+    // Old and new versions of the 50 already returned; nothing else twice.
+    assert_eq!(lines.len(), 5_050);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_delivers_nothing() {
+    let env = Env::contacts(1_000).await;
+    env.poll(&[]).run().await.success();
+    let first = env.lines("out.jsonl").len();
+
+    let out = env
+        .poll(&["--json", "--overlap", "4000d"])
+        .run()
+        .await
+        .success();
+
+    assert_eq!(first, 1_000);
+    assert_eq!(env.lines("out.jsonl").len(), 1_000);
+    let summary = out.summary();
+    assert_eq!(summary["outcome"], "committed");
+    assert_eq!(summary["seen"], 1_000, "the overlap re-read everything");
+    assert_eq!(summary["delivered"], 0);
+    assert_eq!(summary["skipped"], 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_leaves_the_cursor_and_a_rerun_delivers_the_window() {
+    let env = Env::contacts(1_000).await;
+    let failing = "exec:input=$(cat); \
+        if printf '%s' \"$input\" | grep -q '\"id\":\"555\"'; then echo 'cannot load record 555' >&2; exit 3; fi; \
+        printf '%s\\n' \"$input\" >> delivered.jsonl";
+    let good = "exec:cat >> delivered.jsonl";
+
+    let out = env
+        .cmd(&[
+            "poll",
+            "contacts",
+            "--settle",
+            "0s",
+            "--page-size",
+            "100",
+            "--sink",
+            failing,
+        ])
+        .run()
+        .await
+        .code(1);
+
+    let line = out.error_line();
+    assert!(line.contains("exited with status 3"), "{line}");
+    assert!(line.contains("cannot load record 555"), "{line}");
+    let status = env.object_status("contacts").await;
+    assert!(status["cursor"].is_null(), "cursor moved: {status}");
+    assert_eq!(status["openWindow"]["lastId"], "500");
+    assert_eq!(status["lastRun"]["outcome"], "failed");
+    assert_eq!(env.lines("delivered.jsonl").len(), 500);
+
+    env.cmd(&[
+        "poll",
+        "contacts",
+        "--settle",
+        "0s",
+        "--page-size",
+        "100",
+        "--sink",
+        good,
+    ])
+    .run()
+    .await
+    .success();
+
+    let counts = id_counts(&env.lines("delivered.jsonl"));
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (1..=1_000).collect::<Vec<_>>()
+    );
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "the rerun repeated confirmed pages"
+    );
+    assert!(!env.object_status("contacts").await["cursor"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_page_fails_cleanly() {
+    let env = Env::contacts(1_000).await;
+    env.mock.knobs().faults.insert(2, Fault::MalformedJson);
+
+    let out = env.poll(&[]).run().await.code(1);
+
+    let line = out.error_line();
+    assert!(line.contains("not valid JSON"), "{line}");
+    assert!(line.contains("correlation id"), "{line}");
+    assert!(env.object_status("contacts").await["cursor"].is_null());
+    assert_eq!(
+        env.lines("out.jsonl").len(),
+        200,
+        "only the confirmed first page"
+    );
+
+    env.poll(&[]).run().await.success();
+    assert_eq!(id_counts(&env.lines("out.jsonl")).len(), 1_000);
+    assert_eq!(env.lines("out.jsonl").len(), 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_records_fail_with_a_clear_line() {
+    let cases = [
+        (Fault::MissingModified, "has no `lastmodifieddate`"),
+        (Fault::BadTimestamp, "which is not a timestamp"),
+        (Fault::ProxyHtml(403), "non-HubSpot body"),
+    ];
+    for (fault, want) in cases {
+        let env = Env::contacts(300).await;
+        env.mock.knobs().faults.insert(1, fault);
+        let out = env.poll(&[]).run().await.code(1);
+        let line = out.error_line();
+        assert!(line.contains(want), "{fault:?}: {line}");
+        assert!(env.object_status("contacts").await["cursor"].is_null());
+        assert!(env.lines("out.jsonl").is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_window_then_rerun_delivers_the_rest_once() {
+    let env = Env::contacts(2_000).await;
+    // Pages 1..=3 are answered; the 4th request is held while we kill the run.
+    env.mock.hold_from(4);
+    let mut child = env.poll(&[]).spawn();
+    env.mock.wait_for_searches(4).await;
+    child.kill().await.expect("SIGKILL");
+    assert_eq!(env.lines("out.jsonl").len(), 600);
+    env.mock.knobs().hold_from = None;
+    env.mock.release();
+
+    let out = env.poll(&["--json"]).run().await.success();
+
+    let summary = out.summary();
+    assert_eq!(summary["resumed"], true);
+    let counts = id_counts(&env.lines("out.jsonl"));
+    assert_eq!(counts.len(), 2_000);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "confirmed pages were delivered again"
+    );
+    let status = env.object_status("contacts").await;
+    assert!(status["openWindow"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_and_until_bound_a_backfill() {
+    // One record on the first of every month of 2024.
+    let months: Vec<_> = (1..=12u32)
+        .map(|m| {
+            let t = chrono::NaiveDate::from_ymd_opt(2024, m, 1)
+                .unwrap()
+                .and_hms_opt(12, 0, 0)
+                .unwrap();
+            martech_sync::timestamp::Millis(t.and_utc().timestamp_millis())
+        })
+        .collect();
+    let env = Env::new(store_of(seed::synthetic(1..=12, |id| {
+        months[usize::try_from(id - 1).unwrap()]
+    })))
+    .await;
+
+    let out = env
+        .poll(&["--since", "2024-06-01", "--until", "2024-09-01", "--json"])
+        .run()
+        .await
+        .success();
+
+    let ids: Vec<u64> = id_counts(&env.lines("out.jsonl")).into_keys().collect();
+    assert_eq!(ids, [6, 7, 8]);
+    assert_eq!(out.summary()["window"]["lo"], "2024-06-01T00:00:00.000Z");
+    let status = env.object_status("contacts").await;
+    assert_eq!(status["cursor"], "2024-09-01T00:00:00.000Z");
+
+    // The next cron run continues from the cursor (minus the overlap) to now.
+    env.poll(&[]).run().await.success();
+    let ids: Vec<u64> = id_counts(&env.lines("out.jsonl")).into_keys().collect();
+    assert_eq!(ids, [6, 7, 8, 9, 10, 11, 12]);
+}
