@@ -26,6 +26,7 @@ pub struct Cli {
 
 /// Options every command accepts, before or after its name.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// SQLite state file: cursors, checkpoints, delivered versions, runs, records.
     #[arg(
