@@ -140,9 +140,15 @@ pub struct PollArgs {
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub settle: Duration,
 
-    /// Print one JSON run summary on stdout at the end.
+    /// Print one JSON run summary on stdout at the end (one line per window with
+    /// --interval).
     #[arg(long)]
     pub json: bool,
+
+    /// Keep running: one window every SECS seconds (also `5m`), missed ticks skipped.
+    /// SIGINT/SIGTERM stop after the page in hand, exit 0.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub interval: Option<Duration>,
 }
 
 /// `status [OBJECT]`.
@@ -162,6 +168,18 @@ pub struct DemoArgs {
     /// How many contacts the fake HubSpot holds.
     #[arg(long, default_value_t = 2_000)]
     pub records: u64,
+}
+
+/// Parses `--interval`: whole seconds, or a duration such as `5m`.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string())?,
+    };
+    if d.is_zero() {
+        return Err("the interval must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 /// Parses a duration such as `30s`, `5m`, `1h 30m` or `0`.

@@ -53,6 +53,8 @@ pub struct PollConfig {
     pub sink: SinkSpec,
     pub client: ClientConfig,
     pub json: bool,
+    /// Continuous mode: a window every this long.
+    pub interval: Option<std::time::Duration>,
 }
 
 /// `status`.
@@ -118,6 +120,11 @@ impl Config {
                     .sink
                     .parse()
                     .map_err(|e| usage(format!("--sink: {e}")))?;
+                if args.interval.is_some() && (bounds.since.is_some() || bounds.until.is_some()) {
+                    return Err(usage(
+                        "--interval runs windows from the cursor; it does not combine with --since or --until",
+                    ));
+                }
                 if args.json && sink.uses_stdout() {
                     return Err(usage(
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
@@ -138,6 +145,7 @@ impl Config {
                     sink,
                     client: client_config(global)?,
                     json: args.json,
+                    interval: args.interval,
                 })
             }
             Command::Status(args) => CommandConfig::Status(StatusConfig {

@@ -8,6 +8,7 @@
 //! - `command/`: one module per subcommand (`poll`, `status`, `demo`).
 //! - `window`: pure window planning (lo, hi, overlap, settle, resume).
 //! - `sync`: the engine: keyed page → sink → checkpoint → commit.
+//! - `watch`: continuous mode (`--interval`); `shutdown`: SIGINT/SIGTERM handling.
 //! - `state`: the SQLite state file (cursors, windows, delivered, runs, records).
 //! - `hubspot/`: HTTP client (auth, pacing, retries, typed errors), keyed search.
 //! - `sink/`: sqlite, jsonl, exec; an enum.
@@ -27,11 +28,13 @@ pub mod mock;
 pub mod object;
 pub mod record;
 pub mod report;
+pub mod shutdown;
 pub mod sink;
 pub mod state;
 pub mod sync;
 pub mod timestamp;
 pub mod token;
+pub mod watch;
 pub mod window;
 
 use anyhow::{Context, Result};

@@ -2,16 +2,18 @@
 //! checkpointed, the cursor committed only after the last page (DESIGN.md, "The window
 //! engine"). Planning is in `window.rs`, storage in `state.rs`, HTTP in `hubspot/`.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 
-use crate::hubspot::Client;
 use crate::hubspot::search::SearchBody;
+use crate::hubspot::{Client, ClientConfig};
 use crate::object::ObjectType;
 use crate::record::RecordId;
 use crate::report::{Outcome, RunReport};
-use crate::sink::Sink;
+use crate::shutdown::Shutdown;
+use crate::sink::{Sink, SinkSpec};
 use crate::state::State;
 use crate::timestamp::Millis;
 use crate::window::{self, Bounds, Margins, Plan, Window};
@@ -25,6 +27,13 @@ pub struct PollJob {
     /// Properties to request; always includes the modified property and `hs_object_id`.
     pub properties: Vec<String>,
     pub page_size: u32,
+}
+
+/// How far a scan got.
+enum Scanned {
+    Complete,
+    /// A shutdown was requested; the window stays open.
+    Interrupted,
 }
 
 /// How a run ended: its report, and the error when it did not commit.
@@ -46,18 +55,58 @@ impl Finished {
     }
 }
 
-/// Runs one window of `job`: plans it, scans it and commits it. The caller holds the
-/// object's lock.
-///
-/// # Errors
-/// Only when the state file cannot even record the run; every other failure is in
-/// [`Finished::error`], with the cursor unchanged.
-pub async fn poll(
+/// The engine with what it works on: a client, the state file and the sink.
+pub struct Engine {
+    client: Client,
+    state: State,
+    sink: Sink,
+}
+
+impl Engine {
+    /// Opens the state file `db`, the client and the sink. The caller holds the object's
+    /// lock.
+    ///
+    /// # Errors
+    /// When any of them cannot be opened.
+    pub fn open(db: &Path, client: &ClientConfig, sink: &SinkSpec) -> Result<Engine> {
+        Ok(Engine {
+            state: State::open(db)?,
+            client: Client::new(client)?,
+            sink: Sink::open(sink)?,
+        })
+    }
+
+    /// Runs one window of `job`: plans it, scans it and commits it. A `shutdown` stops
+    /// it between pages with the window left open (outcome `interrupted`).
+    ///
+    /// # Errors
+    /// Only when the state file cannot even record the run; every other failure is in
+    /// [`Finished::error`], with the cursor unchanged.
+    pub async fn poll(
+        &mut self,
+        job: &PollJob,
+        now: Millis,
+        shutdown: &Shutdown,
+    ) -> Result<Finished> {
+        poll(
+            &self.client,
+            &mut self.state,
+            &mut self.sink,
+            job,
+            now,
+            shutdown,
+        )
+        .await
+    }
+}
+
+async fn poll(
     client: &Client,
     state: &mut State,
     sink: &mut Sink,
     job: &PollJob,
     now: Millis,
+    shutdown: &Shutdown,
 ) -> Result<Finished> {
     let object = &job.object;
     let cursor = state.cursor(object)?;
@@ -91,12 +140,29 @@ pub async fn poll(
     let requests_before = client.counters().requests.load(Ordering::Relaxed);
     let retries_before = client.counters().retries.load(Ordering::Relaxed);
 
-    let scanned = scan(client, state, sink, job, window, resume_after, &mut report).await;
+    let scan = Scan {
+        client,
+        sink,
+        job,
+        window,
+        shutdown,
+    };
+    let scanned = scan.run(state, resume_after, &mut report).await;
 
     report.requests = client.counters().requests.load(Ordering::Relaxed) - requests_before;
     report.retries = client.counters().retries.load(Ordering::Relaxed) - retries_before;
     match scanned {
-        Ok(()) => {
+        Ok(Scanned::Interrupted) => {
+            report.finish(Outcome::Interrupted, None);
+            state.finish_run(run, &report)?;
+            tracing::info!(%object, pages = report.pages, delivered = report.delivered,
+                "stopped; the window stays open and the next run resumes it");
+            Ok(Finished {
+                report,
+                error: None,
+            })
+        }
+        Ok(Scanned::Complete) => {
             report.finish(Outcome::Committed, None);
             let next = window::next_cursor(cursor, window);
             state.commit_window(object, next, run, &report)?;
@@ -120,36 +186,57 @@ pub async fn poll(
     }
 }
 
-/// Pages through `window` after `after`, delivering and checkpointing page by page.
-async fn scan(
-    client: &Client,
-    state: &mut State,
-    sink: &mut Sink,
-    job: &PollJob,
+/// One window's scan.
+struct Scan<'a> {
+    client: &'a Client,
+    sink: &'a mut Sink,
+    job: &'a PollJob,
     window: Window,
-    mut after: Option<RecordId>,
-    report: &mut RunReport,
-) -> Result<()> {
-    let object = &job.object;
-    loop {
-        let body = SearchBody::keyed(object, window, after, &job.properties, job.page_size);
-        let page = client.search(object, &body, after).await?;
-        report.pages += 1;
-        report.seen += page.records.len() as u64;
-        let Some(last) = page.records.last().map(|r| r.id) else {
-            break;
-        };
-        let fresh = state.undelivered(object, &page.records)?;
-        sink.deliver(object, &fresh).await?;
-        state.commit_page(object, last, &fresh, sink.records_table())?;
-        report.delivered += fresh.len() as u64;
-        report.skipped += (page.records.len() - fresh.len()) as u64;
-        tracing::debug!(%object, page = report.pages, records = page.records.len(), delivered = fresh.len(),
-            last_id = last.0, total = ?page.total, "page checkpointed");
-        after = Some(last);
-        if !page.more {
-            break;
+    shutdown: &'a Shutdown,
+}
+
+impl Scan<'_> {
+    /// Pages through the window after `after`, delivering and checkpointing page by page.
+    async fn run(
+        self,
+        state: &mut State,
+        mut after: Option<RecordId>,
+        report: &mut RunReport,
+    ) -> Result<Scanned> {
+        let object = &self.job.object;
+        loop {
+            if self.shutdown.requested() {
+                return Ok(Scanned::Interrupted);
+            }
+            let body = SearchBody::keyed(
+                object,
+                self.window,
+                after,
+                &self.job.properties,
+                self.job.page_size,
+            );
+            // A page still being fetched is abandoned on shutdown: none of it was delivered.
+            let page = tokio::select! {
+                page = self.client.search(object, &body, after) => page?,
+                () = self.shutdown.wait() => return Ok(Scanned::Interrupted),
+            };
+            report.pages += 1;
+            report.seen += page.records.len() as u64;
+            let Some(last) = page.records.last().map(|r| r.id) else {
+                break;
+            };
+            let fresh = state.undelivered(object, &page.records)?;
+            self.sink.deliver(object, &fresh).await?;
+            state.commit_page(object, last, &fresh, self.sink.records_table())?;
+            report.delivered += fresh.len() as u64;
+            report.skipped += (page.records.len() - fresh.len()) as u64;
+            tracing::debug!(%object, page = report.pages, records = page.records.len(),
+                delivered = fresh.len(), last_id = last.0, total = ?page.total, "page checkpointed");
+            after = Some(last);
+            if !page.more {
+                break;
+            }
         }
+        Ok(Scanned::Complete)
     }
-    Ok(())
 }

@@ -175,7 +175,8 @@ async fn a_malformed_page_fails_cleanly() {
     let out = env.poll(&[]).run().await.code(1);
 
     let line = out.error_line();
-    assert!(line.contains("not valid JSON"), "{line}");
+    assert!(line.contains("cannot be read (application/json)"), "{line}");
+    assert!(line.contains("EOF while parsing"), "{line}");
     assert!(line.contains("correlation id"), "{line}");
     assert!(env.object_status("contacts").await["cursor"].is_null());
     assert_eq!(

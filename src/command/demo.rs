@@ -79,6 +79,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
         sink: SinkSpec::Sqlite,
         client,
         json: false,
+        interval: None,
     };
 
     let first = super::poll::execute(&db, &poll).await?.into_result()?;
@@ -98,7 +99,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
         let mut store = mock.store();
         let at = Millis::now();
         for id in &changed {
-            store.touch(object.as_str(), *id, at);
+            store.touch(object.as_str(), *id, at, Duration::ZERO);
         }
     }
     let second = super::poll::execute(&db, &poll).await?.into_result()?;

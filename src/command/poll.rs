@@ -1,4 +1,5 @@
-//! `poll OBJECT`: take the object's lock, run one window, print the summary.
+//! `poll OBJECT`: take the object's lock, run one window (or one per `--interval` tick),
+//! print the summary.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,35 +7,58 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::config::PollConfig;
-use crate::hubspot::Client;
 use crate::lock::ObjectLock;
-use crate::sink::Sink;
-use crate::state::State;
-use crate::sync::{self, Finished};
+use crate::report::{Outcome, RunReport};
+use crate::shutdown::Shutdown;
+use crate::sync::{Engine, Finished};
 use crate::timestamp::Millis;
+use crate::watch;
 
-/// Runs one window of `config` against the state file `db`.
+/// A one-shot run stopped by a signal before its window was complete. Exits 1.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by a signal before the window was complete; the next run resumes it")]
+pub struct Interrupted;
+
+/// Runs `config` against the state file `db`.
 ///
 /// # Errors
 /// Lock held, state file unusable, or the run's own failure (cursor unchanged).
 pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
-    let finished = execute(db, config).await?;
-    if config.json {
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer(&mut out, &finished.report)?;
-        writeln!(out).context("writing the run summary to stdout")?;
+    let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    let _lock = ObjectLock::acquire(db, &config.job.object)?;
+    let mut engine = Engine::open(db, &config.client, &config.sink)?;
+    if let Some(interval) = config.interval {
+        return watch::run(&mut engine, &config.job, interval, &shutdown, |report| {
+            print_summary(config, report)
+        })
+        .await;
+    }
+    let finished = engine.poll(&config.job, Millis::now(), &shutdown).await?;
+    print_summary(config, &finished.report)?;
+    if finished.report.outcome == Outcome::Interrupted {
+        return Err(Interrupted.into());
     }
     finished.into_result().map(drop)
 }
 
-/// Takes the lock and runs the window, returning the report whatever the outcome.
+/// Takes the lock and runs one window, returning the report whatever the outcome.
 ///
 /// # Errors
 /// When the run could not start: lock held, state file or client unusable.
 pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
     let _lock = ObjectLock::acquire(db, &config.job.object)?;
-    let mut state = State::open(db)?;
-    let client = Client::new(&config.client)?;
-    let mut sink = Sink::open(&config.sink)?;
-    sync::poll(&client, &mut state, &mut sink, &config.job, Millis::now()).await
+    let mut engine = Engine::open(db, &config.client, &config.sink)?;
+    engine
+        .poll(&config.job, Millis::now(), &Shutdown::default())
+        .await
+}
+
+fn print_summary(config: &PollConfig, report: &RunReport) -> Result<()> {
+    if config.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out).context("writing the run summary to stdout")?;
+        out.flush()?;
+    }
+    Ok(())
 }

@@ -37,9 +37,10 @@ pub enum ApiError {
         #[source]
         source: reqwest::Error,
     },
-    /// A 2xx answer whose body is not the JSON HubSpot documents.
+    /// A 2xx answer whose body is not the JSON HubSpot documents (not JSON at all, or
+    /// missing a required field such as a result's `id`).
     #[error(
-        "HubSpot sent a page that is not valid JSON ({content_type}){}",
+        "HubSpot sent a page that cannot be read ({content_type}){}",
         Correlation(correlation_id)
     )]
     Malformed {
@@ -110,6 +111,12 @@ impl ApiError {
             }
         )
     }
+}
+
+/// Whether `err` is (or wraps) a refused token: a later attempt cannot help.
+pub fn is_auth_failure(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|e| e.downcast_ref::<ApiError>().is_some_and(ApiError::is_auth))
 }
 
 struct StatusLine<'a> {

@@ -4,19 +4,21 @@
 //!
 //! Search semantics live in `store.rs`, seed data in `seed.rs`; this file is the server
 //! and the knobs a test turns: unstable order among equal sort values, records modified
-//! after the k-th search request, faults on chosen requests, and a gate that holds
-//! requests until the test opens it.
+//! after the k-th search request, faults on chosen requests or at random rates, a
+//! per-second rate limit answered with 429s, latency, search-index lag, and a hold that
+//! keeps requests waiting until the test releases them.
 
 pub mod seed;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -54,6 +56,22 @@ pub enum Fault {
     MissingModified,
     /// The first result's modified property is not a timestamp.
     BadTimestamp,
+    /// The connection drops halfway through the body.
+    Drop,
+    /// The answer comes only after this long (past the client's timeout, say).
+    Slow(Duration),
+}
+
+/// Faults drawn at random for every search request, each with its probability.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomFaults {
+    /// 500, 502, 503 or 504.
+    pub server_error: f64,
+    /// Answered only after `slow_by`.
+    pub slow: f64,
+    pub slow_by: Duration,
+    /// The connection drops mid-body.
+    pub drop: f64,
 }
 
 /// What a test can change while the fake runs.
@@ -65,6 +83,14 @@ pub struct Knobs {
     pub faults: BTreeMap<u64, Fault>,
     /// Search requests from this number on wait until [`MockHubspot::release`].
     pub hold_from: Option<u64>,
+    /// Search requests per second answered; more in any one second get 429 without
+    /// `Retry-After`, as HubSpot's search limit does.
+    pub rate_limit: Option<u32>,
+    /// Added to every search answer.
+    pub latency: Duration,
+    pub random: RandomFaults,
+    /// How long a modification made through the fake stays invisible to search.
+    pub lag: Duration,
 }
 
 impl Default for Knobs {
@@ -74,6 +100,10 @@ impl Default for Knobs {
             mutations: Vec::new(),
             faults: BTreeMap::new(),
             hold_from: None,
+            rate_limit: None,
+            latency: Duration::ZERO,
+            random: RandomFaults::default(),
+            lag: Duration::ZERO,
         }
     }
 }
@@ -87,6 +117,8 @@ struct Shared {
     /// Whether held requests may go on.
     released: watch::Sender<bool>,
     statuses: Mutex<BTreeMap<u16, u64>>,
+    /// When the searches of the last second were let through, for the rate limit.
+    recent: Mutex<VecDeque<Instant>>,
     rng: Mutex<StdRng>,
 }
 
@@ -132,6 +164,7 @@ impl MockHubspot {
             arrived: watch::Sender::new(0),
             released: watch::Sender::new(false),
             statuses: Mutex::default(),
+            recent: Mutex::default(),
             rng: Mutex::new(StdRng::seed_from_u64(0x5eed)),
         });
         let app = Router::new()
@@ -193,6 +226,22 @@ impl MockHubspot {
         self.knobs().hold_from = Some(n);
     }
 
+    /// Lets the search index catch up with every modification (as if the lag passed).
+    pub fn catch_up_index(&self) {
+        self.store().catch_up_index();
+    }
+
+    /// Modifies records of `object` now, as a user in HubSpot would; search shows the
+    /// new versions after the lag knob.
+    pub fn modify(&self, object: &str, ids: impl IntoIterator<Item = u64>) {
+        let lag = self.knobs().lag;
+        let now = Millis::now();
+        let mut store = self.store();
+        for id in ids {
+            store.touch(object, id, now, lag);
+        }
+    }
+
     /// Lets held requests go on.
     pub fn release(&self) {
         self.shared.released.send_replace(true);
@@ -236,7 +285,28 @@ async fn search(
     }
 
     let correlation_id = correlation_id(&shared);
-    let answer = answer_search(&shared, n, &object, &headers, &body, &correlation_id);
+    let (latency, fault) = {
+        let mut knobs = lock(&shared.knobs);
+        (knobs.latency, knobs.faults.remove(&n))
+    };
+    let fault = fault.or_else(|| random_fault(&shared));
+    let delay = match fault {
+        Some(Fault::Slow(by)) => latency + by,
+        _ => latency,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let answer = if over_rate_limit(&shared) {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITS",
+            "You have reached your secondly limit.",
+            &correlation_id,
+        )
+    } else {
+        answer_search(&shared, fault, &object, &headers, &body, &correlation_id)
+    };
     *lock(&shared.statuses).entry(answer.0.as_u16()).or_default() += 1;
     apply_mutations(&shared, n);
     let mut response = (answer.0, answer.1).into_response();
@@ -250,7 +320,7 @@ type Answer = (StatusCode, Response);
 
 fn answer_search(
     shared: &Shared,
-    n: u64,
+    fault: Option<Fault>,
     object: &str,
     headers: &HeaderMap,
     body: &[u8],
@@ -270,8 +340,16 @@ fn answer_search(
             );
         }
     }
-    let fault = lock(&shared.knobs).faults.remove(&n);
     match fault {
+        Some(Fault::Drop) => {
+            // Headers and half a body, then the connection breaks.
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(br#"{"total":1000,"results":[{"id":"#)),
+                Err(std::io::Error::other("connection dropped by the fake")),
+            ];
+            let body = Body::from_stream(futures_util::stream::iter(chunks));
+            return (StatusCode::OK, body.into_response());
+        }
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let category = if code == 429 {
@@ -328,8 +406,9 @@ fn answer_search(
     let store = lock(&shared.store);
     let result = {
         let mut rng = lock(&shared.rng);
-        store.search(&object, &request, ties, &mut *rng)
+        store.search(&object, &request, Millis::now(), ties, &mut *rng)
     };
+    drop(store);
     let result = match result {
         Ok(r) => r,
         Err(invalid) => {
@@ -344,9 +423,8 @@ fn answer_search(
     let mut results: Vec<Value> = result
         .results
         .iter()
-        .map(|id| store.to_json(&object, *id, &request.properties))
+        .map(|r| Store::to_json(&object, r, &request.properties))
         .collect();
-    drop(store);
     if let Some(first) = results.first_mut() {
         let property = object.modified_property();
         match fault {
@@ -379,13 +457,51 @@ fn apply_mutations(shared: &Shared, n: u64) {
     if due.is_empty() {
         return;
     }
+    let lag = lock(&shared.knobs).lag;
     let mut store = lock(&shared.store);
     let now = Millis::now();
     for m in due {
         for id in m.ids {
-            store.touch(&m.object, id, now);
+            store.touch(&m.object, id, now, lag);
         }
     }
+}
+
+/// Whether this request is one too many for the last second; counts it if not.
+fn over_rate_limit(shared: &Shared) -> bool {
+    let Some(limit) = lock(&shared.knobs).rate_limit else {
+        return false;
+    };
+    let now = Instant::now();
+    let mut recent = lock(&shared.recent);
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        recent.pop_front();
+    }
+    if recent.len() >= limit as usize {
+        return true;
+    }
+    recent.push_back(now);
+    false
+}
+
+fn random_fault(shared: &Shared) -> Option<Fault> {
+    let random = lock(&shared.knobs).random;
+    let mut rng = lock(&shared.rng);
+    let roll: f64 = rng.random();
+    if roll < random.server_error {
+        let codes = [500, 502, 503, 504];
+        return Some(Fault::Status(codes[rng.random_range(0..codes.len())]));
+    }
+    if roll < random.server_error + random.slow {
+        return Some(Fault::Slow(random.slow_by));
+    }
+    if roll < random.server_error + random.slow + random.drop {
+        return Some(Fault::Drop);
+    }
+    None
 }
 
 fn error(status: StatusCode, category: &str, message: &str, correlation_id: &str) -> Answer {

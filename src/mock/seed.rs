@@ -58,13 +58,7 @@ pub fn parse_records(object: &ObjectType, text: &str) -> Result<Vec<FakeRecord>>
                 .with_context(|| format!("seed record {id} has no modified time"))?;
             let created = time(object.created_property(), &s.created_at).unwrap_or(modified);
             properties.remove("hs_object_id");
-            Ok(FakeRecord {
-                id,
-                created,
-                modified,
-                properties,
-                revision: 0,
-            })
+            Ok(FakeRecord::new(id, created, modified, properties))
         })
         .collect()
 }
@@ -109,13 +103,8 @@ pub fn synthetic(
                 ),
             );
             let modified = modified(id);
-            FakeRecord {
-                id,
-                created: modified.minus(std::time::Duration::from_secs(86_400)),
-                modified,
-                properties,
-                revision: 0,
-            }
+            let created = modified.minus(std::time::Duration::from_secs(86_400));
+            FakeRecord::new(id, created, modified, properties)
         })
         .collect()
 }

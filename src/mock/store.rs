@@ -28,6 +28,39 @@ pub struct FakeRecord {
     pub properties: BTreeMap<String, String>,
     /// How often this record was modified through the fake; starts at 0.
     pub revision: u64,
+    /// The search index shows this version from this instant on; before it, the
+    /// version in `previous` (or nothing, for a record not yet indexed at all).
+    pub indexed_at: Millis,
+    pub previous: Option<Box<FakeRecord>>,
+}
+
+impl FakeRecord {
+    /// A record the index already shows.
+    pub fn new(
+        id: u64,
+        created: Millis,
+        modified: Millis,
+        properties: BTreeMap<String, String>,
+    ) -> FakeRecord {
+        FakeRecord {
+            id,
+            created,
+            modified,
+            properties,
+            revision: 0,
+            indexed_at: Millis(0),
+            previous: None,
+        }
+    }
+
+    /// The version search shows at `now`, if any.
+    fn indexed(&self, now: Millis) -> Option<&FakeRecord> {
+        if now >= self.indexed_at {
+            Some(self)
+        } else {
+            self.previous.as_deref()
+        }
+    }
 }
 
 /// Every object's records, ordered by id.
@@ -108,7 +141,8 @@ pub enum Invalid {
 #[derive(Debug)]
 pub struct SearchResult {
     pub total: u64,
-    pub results: Vec<u64>,
+    /// The versions the index shows.
+    pub results: Vec<FakeRecord>,
     pub next_after: Option<u64>,
 }
 
@@ -199,12 +233,16 @@ impl Store {
     }
 
     /// Modifies record `id` at `now`: a new revision whose modified time is `now`, or one
-    /// millisecond after the old one when the clock has not moved on. Returns whether the
-    /// record exists.
-    pub fn touch(&mut self, object: &str, id: u64, now: Millis) -> bool {
+    /// millisecond after the old one when the clock has not moved on. Search shows the new
+    /// version only after `lag`. Returns whether the record exists.
+    pub fn touch(&mut self, object: &str, id: u64, now: Millis, lag: std::time::Duration) -> bool {
         let Some(record) = self.objects.get_mut(object).and_then(|m| m.get_mut(&id)) else {
             return false;
         };
+        let mut before = record.clone();
+        before.previous = None;
+        record.previous = Some(Box::new(before));
+        record.indexed_at = now.plus(lag);
         record.modified = now.max(Millis(record.modified.0 + 1));
         record.revision += 1;
         record
@@ -213,7 +251,15 @@ impl Store {
         true
     }
 
-    /// Answers a search of `object`.
+    /// Lets the search index catch up with every modification.
+    pub fn catch_up_index(&mut self) {
+        for record in self.objects.values_mut().flat_map(BTreeMap::values_mut) {
+            record.indexed_at = Millis(0);
+            record.previous = None;
+        }
+    }
+
+    /// Answers a search of `object` as the index shows it at `now`.
     ///
     /// # Errors
     /// [`Invalid`] where HubSpot answers 400.
@@ -221,6 +267,7 @@ impl Store {
         &self,
         object: &ObjectType,
         request: &SearchRequest,
+        now: Millis,
         ties: TieOrder,
         rng: &mut impl Rng,
     ) -> Result<SearchResult, Invalid> {
@@ -267,6 +314,7 @@ impl Store {
         let mut matches: Vec<&FakeRecord> = records
             .into_iter()
             .flat_map(|m| m.range(id_floor(&groups)..).map(|(_, r)| r))
+            .filter_map(|r| r.indexed(now))
             .filter(|r| {
                 compiled.is_empty()
                     || compiled
@@ -297,7 +345,7 @@ impl Store {
         let end = usize::try_from(after + limit)
             .unwrap_or(usize::MAX)
             .min(matches.len());
-        let results = matches[start..end].iter().map(|r| r.id).collect();
+        let results = matches[start..end].iter().map(|r| (*r).clone()).collect();
         let next_after = (after + limit < total).then_some(after + limit);
         Ok(SearchResult {
             total,
@@ -306,12 +354,9 @@ impl Store {
         })
     }
 
-    /// Record `id` of `object` in HubSpot's answer shape, with `properties` (the object's
-    /// defaults when empty).
-    pub fn to_json(&self, object: &ObjectType, id: u64, properties: &[String]) -> Value {
-        let Some(r) = self.get(object.as_str(), id) else {
-            return Value::Null;
-        };
+    /// A record in HubSpot's answer shape, with `properties` (the object's defaults when
+    /// empty).
+    pub fn to_json(object: &ObjectType, r: &FakeRecord, properties: &[String]) -> Value {
         let defaults;
         let names: &[String] = if properties.is_empty() {
             defaults = object
@@ -518,13 +563,12 @@ mod tests {
             );
             s.insert(
                 "contacts",
-                FakeRecord {
+                FakeRecord::new(
                     id,
-                    created: Millis(1_000),
-                    modified: Millis(1_000 + i64::try_from(id / 10).unwrap()),
+                    Millis(1_000),
+                    Millis(1_000 + i64::try_from(id / 10).unwrap()),
                     properties,
-                    revision: 0,
-                },
+                ),
             );
         }
         s
@@ -533,7 +577,13 @@ mod tests {
     fn search(body: Value) -> Result<SearchResult, Invalid> {
         let req: SearchRequest = serde_json::from_value(body).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
-        store().search(&"contacts".parse().unwrap(), &req, TieOrder::ById, &mut rng)
+        store().search(
+            &"contacts".parse().unwrap(),
+            &req,
+            Millis(0),
+            TieOrder::ById,
+            &mut rng,
+        )
     }
 
     #[test]
@@ -582,12 +632,43 @@ mod tests {
         ];
         for (body, total, ids, next) in cases {
             let r = search(body.clone()).unwrap();
-            assert_eq!(
-                (r.total, r.results, r.next_after),
-                (total, ids, next),
-                "{body}"
-            );
+            let got: Vec<u64> = r.results.iter().map(|r| r.id).collect();
+            assert_eq!((r.total, got, r.next_after), (total, ids, next), "{body}");
         }
+    }
+
+    #[test]
+    fn the_index_lags_behind_modifications() {
+        let mut s = store();
+        let lag = std::time::Duration::from_secs(10);
+        s.touch("contacts", 5, Millis(50_000), lag);
+        let req: SearchRequest = serde_json::from_value(json!({"filterGroups": [{"filters": [
+            {"propertyName": "hs_object_id", "operator": "EQ", "value": "5"}]}]}))
+        .unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let contacts = "contacts".parse().unwrap();
+        let at = |now| {
+            s.search(
+                &contacts,
+                &req,
+                Millis(now),
+                TieOrder::ById,
+                &mut rng.clone(),
+            )
+            .unwrap()
+            .results[0]
+                .modified
+        };
+        assert_eq!(at(59_999), Millis(1_000), "old version before the lag");
+        assert_eq!(at(60_000), Millis(50_000), "new version after it");
+        s.catch_up_index();
+        assert_eq!(
+            s.search(&contacts, &req, Millis(0), TieOrder::ById, &mut rng)
+                .unwrap()
+                .results[0]
+                .modified,
+            Millis(50_000)
+        );
     }
 
     #[test]
