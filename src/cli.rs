@@ -132,6 +132,12 @@ pub struct PollArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=200))]
     pub page_size: u32,
 
+    /// Search requests in flight at once. A window of more than a few pages is split into
+    /// twice as many id ranges, scanned concurrently under the one --rate-limit, so a slow
+    /// API still reaches the limit. 1 scans sequentially.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub concurrency: u32,
+
     /// Re-read this much before the cursor, for records the search index showed late.
     #[arg(long, default_value = "5m", value_parser = duration)]
     pub overlap: Duration,

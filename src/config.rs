@@ -141,6 +141,7 @@ impl Config {
                         },
                         properties,
                         page_size: args.page_size,
+                        concurrency: args.concurrency,
                     },
                     sink,
                     client: client_config(global)?,

@@ -1,7 +1,8 @@
 //! The state file: one SQLite database (WAL) that holds where every sync stands.
 //!
 //! Tables: `cursors` (per object, the `hi` of the last committed window), `windows` (the
-//! open window of an object and its checkpoint), `delivered` (the newest version of each
+//! open window of an object), `slices` (its id ranges, each with its checkpoint),
+//! `delivered` (the newest version of each
 //! record the sink has confirmed, so overlap re-reads and resumed windows skip it), `runs`
 //! (one row per run) and `records` (the default sqlite sink). The schema version lives in
 //! `PRAGMA user_version`; [`MIGRATIONS`] moves an older file forward on open.
@@ -19,7 +20,7 @@ use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
 use crate::report::{Outcome, RunReport, WindowReport};
 use crate::timestamp::Millis;
-use crate::window::{OpenWindow, Window};
+use crate::window::{OpenWindow, Slice, Window};
 
 /// Schema steps; step `i` moves a file from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &["
@@ -32,10 +33,18 @@ const MIGRATIONS: &[&str] = &["
         object    TEXT PRIMARY KEY,
         lo_ms     INTEGER NOT NULL,
         hi_ms     INTEGER NOT NULL,
-        last_id   INTEGER,
         pages     INTEGER NOT NULL DEFAULT 0,
         opened_ms INTEGER NOT NULL
     );
+    CREATE TABLE slices (
+        object   TEXT NOT NULL,
+        slice    INTEGER NOT NULL,
+        after_id INTEGER,
+        upto_id  INTEGER,
+        last_id  INTEGER,
+        done     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (object, slice)
+    ) WITHOUT ROWID;
     CREATE TABLE delivered (
         object      TEXT NOT NULL,
         id          INTEGER NOT NULL,
@@ -94,8 +103,32 @@ pub struct ObjectStatus {
 pub struct OpenWindowStatus {
     #[serde(flatten)]
     pub window: WindowReport,
+    /// The checkpoint while the window is one slice.
     pub last_id: Option<String>,
     pub pages: u64,
+    pub slices: Vec<SliceStatus>,
+}
+
+/// A slice as `status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceStatus {
+    pub after_id: Option<String>,
+    pub upto_id: Option<String>,
+    pub last_id: Option<String>,
+    pub done: bool,
+}
+
+impl From<&Slice> for SliceStatus {
+    fn from(s: &Slice) -> Self {
+        let text = |id: Option<RecordId>| id.map(|i| i.0.to_string());
+        SliceStatus {
+            after_id: text(s.after),
+            upto_id: text(s.upto),
+            last_id: text(s.last_id),
+            done: s.done,
+        }
+    }
 }
 
 /// Whether the default sink's records go into the same transaction as the checkpoint.
@@ -165,27 +198,46 @@ impl State {
             .map(Millis))
     }
 
-    /// The window a previous run of `object` left open, with its checkpoint.
+    /// The window a previous run of `object` left open, with its slices' checkpoints.
     ///
     /// # Errors
     /// On SQLite errors.
     pub fn open_window(&self, object: &ObjectType) -> Result<Option<OpenWindow>> {
-        Ok(self
+        let window = self
             .conn
             .query_row(
-                "SELECT lo_ms, hi_ms, last_id FROM windows WHERE object = ?1",
+                "SELECT lo_ms, hi_ms FROM windows WHERE object = ?1",
                 [object.as_str()],
                 |r| {
-                    Ok(OpenWindow {
-                        window: Window {
-                            lo: Millis(r.get(0)?),
-                            hi: Millis(r.get(1)?),
-                        },
-                        last_id: r.get::<_, Option<i64>>(2)?.map(to_id),
+                    Ok(Window {
+                        lo: Millis(r.get(0)?),
+                        hi: Millis(r.get(1)?),
                     })
                 },
             )
-            .optional()?)
+            .optional()?;
+        let Some(window) = window else {
+            return Ok(None);
+        };
+        let slices = self.slices(object.as_str())?;
+        Ok(Some(OpenWindow { window, slices }))
+    }
+
+    fn slices(&self, object: &str) -> Result<Vec<Slice>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT slice, after_id, upto_id, last_id, done FROM slices WHERE object = ?1 ORDER BY slice",
+        )?;
+        let id = |v: Option<i64>| v.map(to_id);
+        let rows = stmt.query_map([object], |r| {
+            Ok(Slice {
+                index: r.get(0)?,
+                after: id(r.get(1)?),
+                upto: id(r.get(2)?),
+                last_id: id(r.get(3)?),
+                done: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records the start of a run: marks runs of `object` that never finished as
@@ -202,8 +254,8 @@ impl State {
         )?;
         if !report.resumed {
             tx.execute(
-                "INSERT OR REPLACE INTO windows (object, lo_ms, hi_ms, last_id, pages, opened_ms)
-                 VALUES (?1, ?2, ?3, NULL, 0, ?4)",
+                "INSERT OR REPLACE INTO windows (object, lo_ms, hi_ms, pages, opened_ms)
+                 VALUES (?1, ?2, ?3, 0, ?4)",
                 params![
                     object.as_str(),
                     report.window.lo_ms,
@@ -211,6 +263,8 @@ impl State {
                     Millis::now().0
                 ],
             )?;
+            tx.execute("DELETE FROM slices WHERE object = ?1", [object.as_str()])?;
+            insert_slices(&tx, object, &[Slice::WHOLE])?;
         }
         tx.execute(
             "INSERT INTO runs (object, outcome, started_at, lo_ms, hi_ms, resumed, pages, seen,
@@ -253,15 +307,16 @@ impl State {
         Ok(fresh)
     }
 
-    /// Checkpoints a confirmed page in one transaction: the versions delivered, the
-    /// records themselves for the sqlite sink, and the window's `last_id`.
+    /// Checkpoints a confirmed page of `slice` in one transaction: the versions
+    /// delivered, the records themselves for the sqlite sink, the slice's `last_id` (the
+    /// page's last id, if it had records) and whether the slice is done.
     ///
     /// # Errors
     /// On SQLite errors; nothing of the page is then written.
     pub fn commit_page(
         &mut self,
         object: &ObjectType,
-        last_id: RecordId,
+        checkpoint: Checkpoint,
         delivered: &[&Record],
         records_table: RecordsTable,
     ) -> Result<()> {
@@ -271,9 +326,35 @@ impl State {
             upsert_records(&tx, object, delivered)?;
         }
         tx.execute(
-            "UPDATE windows SET last_id = ?2, pages = pages + 1 WHERE object = ?1",
-            params![object.as_str(), to_sql(last_id)],
+            "UPDATE slices SET last_id = COALESCE(?3, last_id), done = ?4
+             WHERE object = ?1 AND slice = ?2",
+            params![
+                object.as_str(),
+                checkpoint.slice,
+                checkpoint.last_id.map(to_sql),
+                checkpoint.done
+            ],
         )?;
+        tx.execute(
+            "UPDATE windows SET pages = pages + 1 WHERE object = ?1",
+            [object.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces the open window's slice `whole` (not done) by `parts`, which cover its
+    /// remaining ids, and marks `whole` done up to its checkpoint, in one transaction.
+    ///
+    /// # Errors
+    /// On SQLite errors; the window then stays one slice.
+    pub fn split(&mut self, object: &ObjectType, whole: &Slice, parts: &[Slice]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE slices SET upto_id = last_id, done = 1 WHERE object = ?1 AND slice = ?2",
+            params![object.as_str(), whole.index],
+        )?;
+        insert_slices(&tx, object, parts)?;
         tx.commit()?;
         Ok(())
     }
@@ -298,6 +379,7 @@ impl State {
             params![object.as_str(), cursor.0, Millis::now().0],
         )?;
         tx.execute("DELETE FROM windows WHERE object = ?1", [object.as_str()])?;
+        tx.execute("DELETE FROM slices WHERE object = ?1", [object.as_str()])?;
         finish_run(&tx, run, report)?;
         tx.commit()?;
         Ok(())
@@ -354,10 +436,11 @@ impl State {
                 |r| r.get(0),
             )
             .optional()?;
+        let slices = self.slices(object)?;
         let open_window = self
             .conn
             .query_row(
-                "SELECT lo_ms, hi_ms, last_id, pages FROM windows WHERE object = ?1",
+                "SELECT lo_ms, hi_ms, pages FROM windows WHERE object = ?1",
                 [object],
                 |r| {
                     let window = Window {
@@ -366,8 +449,12 @@ impl State {
                     };
                     Ok(OpenWindowStatus {
                         window: window.into(),
-                        last_id: r.get::<_, Option<i64>>(2)?.map(|i| i.to_string()),
-                        pages: r.get(3)?,
+                        last_id: match slices.as_slice() {
+                            [one] => one.last_id.map(|i| i.0.to_string()),
+                            _ => None,
+                        },
+                        pages: r.get(2)?,
+                        slices: slices.iter().map(SliceStatus::from).collect(),
                     })
                 },
             )
@@ -432,6 +519,34 @@ fn finish_run(tx: &Transaction<'_>, run: RunId, report: &RunReport) -> Result<()
             report.error
         ],
     )?;
+    Ok(())
+}
+
+/// What a confirmed page moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub slice: u32,
+    /// The page's last id; `None` for an empty page.
+    pub last_id: Option<RecordId>,
+    /// Whether this was the slice's last page.
+    pub done: bool,
+}
+
+fn insert_slices(tx: &Transaction<'_>, object: &ObjectType, slices: &[Slice]) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO slices (object, slice, after_id, upto_id, last_id, done)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for s in slices {
+        stmt.execute(params![
+            object.as_str(),
+            s.index,
+            s.after.map(to_sql),
+            s.upto.map(to_sql),
+            s.last_id.map(to_sql),
+            s.done
+        ])?;
+    }
     Ok(())
 }
 
@@ -517,8 +632,13 @@ mod tests {
         let first = [record(1, 10), record(2, 10)];
         let fresh = state.undelivered(&object, &first).unwrap();
         assert_eq!(fresh.len(), 2);
+        let checkpoint = Checkpoint {
+            slice: 0,
+            last_id: Some(RecordId(2)),
+            done: false,
+        };
         state
-            .commit_page(&object, RecordId(2), &fresh, RecordsTable::Write)
+            .commit_page(&object, checkpoint, &fresh, RecordsTable::Write)
             .unwrap();
         let again = [record(1, 10), record(2, 11), record(3, 5)];
         let ids: Vec<u64> = state
@@ -529,7 +649,7 @@ mod tests {
             .collect();
         assert_eq!(ids, [2, 3]);
         let open = state.open_window(&object).unwrap().unwrap();
-        assert_eq!(open.last_id, Some(RecordId(2)));
+        assert_eq!(open.slices[0].last_id, Some(RecordId(2)));
     }
 
     #[test]

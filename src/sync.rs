@@ -1,22 +1,31 @@
 //! The engine: one window, page by keyed page, each page through the sink and then
 //! checkpointed, the cursor committed only after the last page (DESIGN.md, "The window
 //! engine"). Planning is in `window.rs`, storage in `state.rs`, HTTP in `hubspot/`.
+//!
+//! Data flow of a scan: one fetcher task per slice pages through its id range (keyed
+//! paging needs only the previous page's last id, so fetching runs ahead of delivery)
+//! and sends pages down a bounded channel; the one consumer here hands each page to the
+//! sink and checkpoints it. At most `concurrency` requests are in flight, all under the
+//! client's one token bucket, so a slow API still reaches the rate limit. A fresh large
+//! window is split into slices after its first page, which tells how big it is.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 
-use crate::hubspot::search::SearchBody;
+use crate::hubspot::search::{Page, SearchBody};
 use crate::hubspot::{Client, ClientConfig};
 use crate::object::ObjectType;
-use crate::record::RecordId;
 use crate::report::{Outcome, RunReport};
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkSpec};
-use crate::state::State;
+use crate::state::{Checkpoint, State};
 use crate::timestamp::Millis;
-use crate::window::{self, Bounds, Margins, Plan, Window};
+use crate::window::{self, Bounds, Margins, Plan, Slice, Window};
 
 /// What to sync and how.
 #[derive(Clone, Debug)]
@@ -27,6 +36,9 @@ pub struct PollJob {
     /// Properties to request; always includes the modified property and `hs_object_id`.
     pub properties: Vec<String>,
     pub page_size: u32,
+    /// Search requests in flight at once; a large window is split into twice as many
+    /// slices. 1 scans sequentially.
+    pub concurrency: u32,
 }
 
 /// How far a scan got.
@@ -112,9 +124,9 @@ async fn poll(
     let cursor = state.cursor(object)?;
     let open = state.open_window(object)?;
     let plan = window::plan(cursor, open, job.bounds, now, job.margins)?;
-    let (window, resume_after, resumed) = match plan {
-        Plan::Fresh(w) => (w, None, false),
-        Plan::Resume(o) => (o.window, o.last_id, true),
+    let (window, slices, resumed) = match plan {
+        Plan::Fresh(w) => (w, vec![Slice::WHOLE], false),
+        Plan::Resume(o) => (o.window, o.slices, true),
         Plan::Empty(w) => {
             let mut report = RunReport::start(object, w, false);
             report.finish(Outcome::Empty, None);
@@ -132,8 +144,8 @@ async fn poll(
             "--since is after the stored cursor: records modified in between are not scanned");
     }
     if resumed {
-        tracing::info!(%object, lo = %window.lo, hi = %window.hi, after = ?resume_after.map(|i| i.0),
-            "resuming an interrupted window");
+        tracing::info!(%object, lo = %window.lo, hi = %window.hi,
+            slices_left = slices.iter().filter(|s| !s.done).count(), "resuming an interrupted window");
     }
     let mut report = RunReport::start(object, window, resumed);
     let run = state.start_run(object, &report)?;
@@ -147,7 +159,7 @@ async fn poll(
         window,
         shutdown,
     };
-    let scanned = scan.run(state, resume_after, &mut report).await;
+    let scanned = scan.run(state, slices, &mut report).await;
 
     report.requests = client.counters().requests.load(Ordering::Relaxed) - requests_before;
     report.retries = client.counters().retries.load(Ordering::Relaxed) - retries_before;
@@ -195,48 +207,191 @@ struct Scan<'a> {
     shutdown: &'a Shutdown,
 }
 
+/// A window is split only when its first page says it holds more than this many pages.
+const SPLIT_ABOVE_PAGES: u64 = 4;
+
+/// What a fetcher sends the consumer.
+enum Fetched {
+    Page { slice: u32, page: Page },
+    Failed(anyhow::Error),
+}
+
 impl Scan<'_> {
-    /// Pages through the window after `after`, delivering and checkpointing page by page.
+    /// Scans the slices not yet done, delivering and checkpointing page by page.
     async fn run(
-        self,
+        mut self,
         state: &mut State,
-        mut after: Option<RecordId>,
+        mut slices: Vec<Slice>,
         report: &mut RunReport,
     ) -> Result<Scanned> {
-        let object = &self.job.object;
+        if let [whole] = slices.as_slice()
+            && *whole == Slice::WHOLE
+        {
+            match self.first_page(state, report).await? {
+                Some(rest) => slices = rest,
+                None => return Ok(Scanned::Interrupted),
+            }
+        }
+        let pending: Vec<Slice> = slices.into_iter().filter(|s| !s.done).collect();
+        if pending.is_empty() {
+            return Ok(Scanned::Complete);
+        }
+        let capacity = usize::try_from(self.job.concurrency.max(1)).unwrap_or(1);
+        let (tx, mut rx) = mpsc::channel(capacity);
+        let permits = Arc::new(Semaphore::new(capacity));
+        let mut fetchers = JoinSet::new();
+        for slice in pending {
+            fetchers.spawn(fetch_slice(
+                self.client.clone(),
+                self.job.clone(),
+                self.window,
+                slice,
+                tx.clone(),
+                Arc::clone(&permits),
+            ));
+        }
+        drop(tx);
+        // Dropping `fetchers` on any return below aborts the fetches still running.
         loop {
             if self.shutdown.requested() {
                 return Ok(Scanned::Interrupted);
             }
-            let body = SearchBody::keyed(
-                object,
-                self.window,
-                after,
-                &self.job.properties,
-                self.job.page_size,
-            );
-            // A page still being fetched is abandoned on shutdown: none of it was delivered.
-            let page = tokio::select! {
-                page = self.client.search(object, &body, after) => page?,
+            let fetched = tokio::select! {
+                fetched = rx.recv() => fetched,
                 () = self.shutdown.wait() => return Ok(Scanned::Interrupted),
             };
-            report.pages += 1;
-            report.seen += page.records.len() as u64;
-            let Some(last) = page.records.last().map(|r| r.id) else {
-                break;
-            };
-            let fresh = state.undelivered(object, &page.records)?;
-            self.sink.deliver(object, &fresh).await?;
-            state.commit_page(object, last, &fresh, self.sink.records_table())?;
-            report.delivered += fresh.len() as u64;
-            report.skipped += (page.records.len() - fresh.len()) as u64;
-            tracing::debug!(%object, page = report.pages, records = page.records.len(),
-                delivered = fresh.len(), last_id = last.0, total = ?page.total, "page checkpointed");
-            after = Some(last);
-            if !page.more {
-                break;
+            match fetched {
+                None => return Ok(Scanned::Complete),
+                Some(Fetched::Failed(error)) => return Err(error),
+                Some(Fetched::Page { slice, page }) => {
+                    self.confirm(state, slice, &page, report).await?
+                }
             }
         }
-        Ok(Scanned::Complete)
+    }
+
+    /// Scans the first page of a fresh window and, when the window is large, splits
+    /// the rest of it into slices. Returns the slices left, or `None` on shutdown.
+    async fn first_page(
+        &mut self,
+        state: &mut State,
+        report: &mut RunReport,
+    ) -> Result<Option<Vec<Slice>>> {
+        let object = &self.job.object;
+        let whole = Slice::WHOLE;
+        let body = SearchBody::keyed(
+            object,
+            self.window,
+            &whole,
+            None,
+            &self.job.properties,
+            self.job.page_size,
+        );
+        let page = tokio::select! {
+            page = self.client.search(object, &body, None) => page?,
+            () = self.shutdown.wait() => return Ok(None),
+        };
+        self.confirm(state, whole.index, &page, report).await?;
+        let Some(last) = page.records.last().map(|r| r.id).filter(|_| page.more) else {
+            return Ok(Some(Vec::new()));
+        };
+        let rest = Slice {
+            last_id: Some(last),
+            ..whole
+        };
+        let pages_left = page.total.unwrap_or(0) / u64::from(self.job.page_size.max(1));
+        if self.job.concurrency <= 1 || pages_left <= SPLIT_ABOVE_PAGES {
+            return Ok(Some(vec![rest]));
+        }
+        let probe = SearchBody::largest_id(object, self.window, last);
+        let largest = tokio::select! {
+            largest = self.client.largest_id(object, &probe) => largest?,
+            () = self.shutdown.wait() => return Ok(None),
+        };
+        let Some(largest) = largest else {
+            return Ok(Some(vec![rest]));
+        };
+        let parts = window::split(last, largest, self.job.concurrency * 2, 1);
+        state.split(object, &rest, &parts)?;
+        tracing::debug!(%object, slices = parts.len(), largest_id = largest.0, "window split into slices");
+        Ok(Some(parts))
+    }
+
+    /// Hands a fetched page's undelivered records to the sink, then checkpoints it.
+    async fn confirm(
+        &mut self,
+        state: &mut State,
+        slice: u32,
+        page: &Page,
+        report: &mut RunReport,
+    ) -> Result<()> {
+        let object = &self.job.object;
+        let fresh = state.undelivered(object, &page.records)?;
+        self.sink.deliver(object, &fresh).await?;
+        let checkpoint = Checkpoint {
+            slice,
+            last_id: page.records.last().map(|r| r.id),
+            done: !page.more,
+        };
+        state.commit_page(object, checkpoint, &fresh, self.sink.records_table())?;
+        report.pages += 1;
+        report.seen += page.records.len() as u64;
+        report.delivered += fresh.len() as u64;
+        report.skipped += (page.records.len() - fresh.len()) as u64;
+        tracing::debug!(%object, slice, page = report.pages, records = page.records.len(),
+            delivered = fresh.len(), last_id = ?checkpoint.last_id.map(|i| i.0), total = ?page.total,
+            "page checkpointed");
+        Ok(())
+    }
+}
+
+/// Pages through one slice, sending each page to the consumer, until the slice ends, a
+/// request fails for good, or the consumer hangs up.
+async fn fetch_slice(
+    client: Client,
+    job: PollJob,
+    window: Window,
+    slice: Slice,
+    tx: mpsc::Sender<Fetched>,
+    permits: Arc<Semaphore>,
+) {
+    let object = &job.object;
+    let mut after = slice.resume_after();
+    loop {
+        let body = SearchBody::keyed(
+            object,
+            window,
+            &slice,
+            after,
+            &job.properties,
+            job.page_size,
+        );
+        let page = {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            client.search(object, &body, after).await
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                let _ = tx.send(Fetched::Failed(error)).await;
+                return;
+            }
+        };
+        let last = page.records.last().map(|r| r.id);
+        let more = page.more;
+        if tx
+            .send(Fetched::Page {
+                slice: slice.index,
+                page,
+            })
+            .await
+            .is_err()
+            || !more
+        {
+            return;
+        }
+        after = last;
     }
 }

@@ -8,7 +8,10 @@
 //!   we page belong to the next window;
 //! - an open window (a run that did not finish) is resumed from its checkpoint unless the
 //!   user names a different window with `--since`/`--until`;
-//! - committing moves the cursor to `hi`, never backwards.
+//! - committing moves the cursor to `hi`, never backwards;
+//! - a large window is split into disjoint id ranges (slices) scanned concurrently, each
+//!   with its own checkpoint; a record's id never changes, so a record modified mid-scan
+//!   cannot move from one slice to another.
 
 use std::time::Duration;
 
@@ -22,12 +25,74 @@ pub struct Window {
     pub hi: Millis,
 }
 
-/// A window that was opened and not yet committed, with how far it got: every record
-/// with an id up to `last_id` has been confirmed by the sink.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A window that was opened and not yet committed, with how far each slice got.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenWindow {
     pub window: Window,
+    pub slices: Vec<Slice>,
+}
+
+/// An id range of a window, `after < id ≤ upto`, scanned by keyed pages on its own. Every
+/// record of the window in the range with an id up to `last_id` has been confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub index: u32,
+    /// Exclusive lower bound; `None` from the first id.
+    pub after: Option<RecordId>,
+    /// Inclusive upper bound; `None` to the last id.
+    pub upto: Option<RecordId>,
+    /// The checkpoint: the last id confirmed by the sink.
     pub last_id: Option<RecordId>,
+    pub done: bool,
+}
+
+impl Slice {
+    /// The whole id range, as a fresh window starts.
+    pub const WHOLE: Slice = Slice {
+        index: 0,
+        after: None,
+        upto: None,
+        last_id: None,
+        done: false,
+    };
+
+    /// Where the next page of this slice starts (exclusive).
+    pub fn resume_after(&self) -> Option<RecordId> {
+        self.last_id.or(self.after)
+    }
+}
+
+/// Splits the ids after `after` into `count` slices numbered from `first_index`, evenly
+/// up to `max` (the largest id search showed); the last slice is open-ended, so a record
+/// that search shows only later is not left out.
+pub fn split(after: RecordId, max: RecordId, count: u32, first_index: u32) -> Vec<Slice> {
+    let count = count.max(1);
+    let span = max.0.saturating_sub(after.0);
+    let step = span.div_ceil(u64::from(count)).max(1);
+    let mut slices = Vec::new();
+    let mut lower = after.0;
+    for i in 0..count {
+        let last = i + 1 == count;
+        let upto = (!last).then(|| lower.saturating_add(step).min(max.0));
+        slices.push(Slice {
+            index: first_index + i,
+            after: Some(RecordId(lower)),
+            upto: upto.map(RecordId),
+            last_id: None,
+            done: false,
+        });
+        match upto {
+            Some(u) if u < max.0 => lower = u,
+            // Ids ran out before the slices did: the rest would be empty.
+            _ => {
+                if let Some(s) = slices.last_mut() {
+                    s.upto = None;
+                }
+                break;
+            }
+        }
+    }
+    slices
 }
 
 /// How far behind "now" the window stops and how far before the cursor it starts.
@@ -47,7 +112,7 @@ pub struct Bounds {
 }
 
 /// What a run does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Start a new window from its first record.
     Fresh(Window),
@@ -133,7 +198,10 @@ mod tests {
         let now = 1_000 * MIN;
         let open = OpenWindow {
             window: w(100 * MIN, 900 * MIN),
-            last_id: Some(RecordId(77)),
+            slices: vec![Slice {
+                last_id: Some(RecordId(77)),
+                ..Slice::WHOLE
+            }],
         };
         let none = Bounds::default();
         let since = |s: i64| Bounds {
@@ -176,21 +244,21 @@ mod tests {
             (
                 "an open window resumes with its frozen hi",
                 Some(100 * MIN + 300_000),
-                Some(open),
+                Some(open.clone()),
                 none,
-                Plan::Resume(open),
+                Plan::Resume(open.clone()),
             ),
             (
                 "an open window resumes when --since names its lo",
                 None,
-                Some(open),
+                Some(open.clone()),
                 since(100 * MIN),
-                Plan::Resume(open),
+                Plan::Resume(open.clone()),
             ),
             (
                 "a different --since abandons the open window",
                 None,
-                Some(open),
+                Some(open.clone()),
                 since(5 * MIN),
                 Plan::Fresh(w(5 * MIN, now - 30_000)),
             ),
@@ -225,6 +293,48 @@ mod tests {
             until: Some(Millis(1)),
         };
         assert!(plan(None, None, bounds, Millis(10), margins()).is_err());
+    }
+
+    #[test]
+    fn splits_ids_evenly_with_an_open_end() {
+        let bounds = |slices: Vec<Slice>| -> Vec<(u32, Option<u64>, Option<u64>)> {
+            slices
+                .iter()
+                .map(|s| (s.index, s.after.map(|i| i.0), s.upto.map(|i| i.0)))
+                .collect()
+        };
+        let cases = [
+            (
+                200,
+                1_000,
+                4,
+                vec![
+                    (1, Some(200), Some(400)),
+                    (2, Some(400), Some(600)),
+                    (3, Some(600), Some(800)),
+                    (4, Some(800), None),
+                ],
+            ),
+            (
+                200,
+                203,
+                8,
+                vec![
+                    (1, Some(200), Some(201)),
+                    (2, Some(201), Some(202)),
+                    (3, Some(202), None),
+                ],
+            ),
+            (200, 200, 4, vec![(1, Some(200), None)]),
+            (0, 10, 1, vec![(1, Some(0), None)]),
+        ];
+        for (after, max, count, want) in cases {
+            assert_eq!(
+                bounds(split(RecordId(after), RecordId(max), count, 1)),
+                want,
+                "{after} {max} {count}"
+            );
+        }
     }
 
     #[test]

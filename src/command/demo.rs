@@ -75,6 +75,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
                 settle: Duration::ZERO,
             },
             page_size: 200,
+            concurrency: 4,
         },
         sink: SinkSpec::Sqlite,
         client,

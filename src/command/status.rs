@@ -54,12 +54,14 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
         };
         let open = s.open_window.as_ref().map_or_else(
             || "-".to_owned(),
-            |w| {
-                format!(
-                    "{} pages, after id {}",
+            |w| match &w.last_id {
+                Some(id) => format!("{} pages, after id {id}", w.pages),
+                None => format!(
+                    "{} pages, {}/{} slices done",
                     w.pages,
-                    w.last_id.as_deref().unwrap_or("-")
-                )
+                    w.slices.iter().filter(|s| s.done).count(),
+                    w.slices.len()
+                ),
             },
         );
         let last = s.last_run.as_ref().map_or_else(

@@ -103,6 +103,30 @@ impl Client {
         })
     }
 
+    /// The largest id search shows in `body` (a [`SearchBody::largest_id`]), if any.
+    ///
+    /// # Errors
+    /// As [`Client::search`].
+    pub async fn largest_id(
+        &self,
+        object: &ObjectType,
+        body: &SearchBody<'_>,
+    ) -> Result<Option<RecordId>> {
+        let path = format!("/crm/v3/objects/{object}/search");
+        let (response, correlation_id): (SearchResponse, _) = self.post_json(&path, body).await?;
+        let Some(first) = response.results.first() else {
+            return Ok(None);
+        };
+        let id = first.id.parse().with_context(|| {
+            format!(
+                "HubSpot sent a search page that cannot be used{}: id `{}` is not a number",
+                Correlation(&correlation_id),
+                first.id
+            )
+        })?;
+        Ok(Some(RecordId(id)))
+    }
+
     /// POSTs `body` as JSON to `path` and decodes the answer, pacing and retrying.
     /// Returns the answer and its correlation id.
     ///

@@ -1,8 +1,9 @@
 //! CRM search, keyed: the request body of one keyed page and the checks on its answer.
 //!
 //! Every page is a fresh search `modified ≥ lo AND modified ≤ hi AND hs_object_id >
-//! last_id`, sorted by `hs_object_id` ascending, never an `after` offset: an offset shifts
-//! when a record leaves the result set mid-scan and stops at 10,000 (DESIGN.md §2).
+//! last_id` (and `hs_object_id ≤ upto` for a slice that is not the last), sorted by
+//! `hs_object_id` ascending, never an `after` offset: an offset shifts when a record
+//! leaves the result set mid-scan and stops at 10,000 (DESIGN.md §2).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -10,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
 use crate::timestamp::Millis;
-use crate::window::Window;
+use crate::window::{Slice, Window};
 
 /// The body of one keyed search page.
 #[derive(Debug, Serialize)]
@@ -42,36 +43,26 @@ struct Sort {
     direction: &'static str,
 }
 
+/// The largest id in a window: one record, sorted by id descending.
+const ID_ONLY: &[String] = &[];
+
 impl<'a> SearchBody<'a> {
-    /// The page after `last_id` (the first page when `None`) of `window`. `properties`
-    /// must already hold the modified property and `hs_object_id`.
+    /// The page of `slice` of `window` after `after` (the slice's first page when
+    /// `None`). `properties` must already hold the modified property and `hs_object_id`.
     pub fn keyed(
         object: &ObjectType,
         window: Window,
-        last_id: Option<RecordId>,
+        slice: &Slice,
+        after: Option<RecordId>,
         properties: &'a [String],
         limit: u32,
     ) -> SearchBody<'a> {
-        let modified = object.modified_property();
-        // Epoch milliseconds as strings: the form of HubSpot's own example.
-        let mut filters = vec![
-            Filter {
-                property_name: modified,
-                operator: "GTE",
-                value: window.lo.0.to_string(),
-            },
-            Filter {
-                property_name: modified,
-                operator: "LTE",
-                value: window.hi.0.to_string(),
-            },
-        ];
-        if let Some(id) = last_id {
-            filters.push(Filter {
-                property_name: "hs_object_id",
-                operator: "GT",
-                value: id.0.to_string(),
-            });
+        let mut filters = window_filters(object, window);
+        if let Some(id) = after {
+            filters.push(id_filter("GT", id));
+        }
+        if let Some(id) = slice.upto {
+            filters.push(id_filter("LTE", id));
         }
         SearchBody {
             filter_groups: [FilterGroup { filters }],
@@ -82,6 +73,47 @@ impl<'a> SearchBody<'a> {
             properties,
             limit,
         }
+    }
+
+    /// The record of `window` with the largest id after `after`, to split the rest of
+    /// the window into slices.
+    pub fn largest_id(object: &ObjectType, window: Window, after: RecordId) -> SearchBody<'static> {
+        let mut filters = window_filters(object, window);
+        filters.push(id_filter("GT", after));
+        SearchBody {
+            filter_groups: [FilterGroup { filters }],
+            sorts: [Sort {
+                property_name: "hs_object_id",
+                direction: "DESCENDING",
+            }],
+            properties: ID_ONLY,
+            limit: 1,
+        }
+    }
+}
+
+fn window_filters(object: &ObjectType, window: Window) -> Vec<Filter> {
+    let modified = object.modified_property();
+    // Epoch milliseconds as strings: the form of HubSpot's own example.
+    vec![
+        Filter {
+            property_name: modified,
+            operator: "GTE",
+            value: window.lo.0.to_string(),
+        },
+        Filter {
+            property_name: modified,
+            operator: "LTE",
+            value: window.hi.0.to_string(),
+        },
+    ]
+}
+
+fn id_filter(operator: &'static str, id: RecordId) -> Filter {
+    Filter {
+        property_name: "hs_object_id",
+        operator,
+        value: id.0.to_string(),
     }
 }
 
@@ -223,7 +255,11 @@ mod tests {
             lo: Millis(10),
             hi: Millis(20),
         };
-        let body = SearchBody::keyed(&contacts(), window, Some(RecordId(7)), &props, 200);
+        let slice = Slice {
+            upto: Some(RecordId(900)),
+            ..Slice::WHOLE
+        };
+        let body = SearchBody::keyed(&contacts(), window, &slice, Some(RecordId(7)), &props, 200);
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
             serde_json::json!({
@@ -231,6 +267,7 @@ mod tests {
                     {"propertyName": "lastmodifieddate", "operator": "GTE", "value": "10"},
                     {"propertyName": "lastmodifieddate", "operator": "LTE", "value": "20"},
                     {"propertyName": "hs_object_id", "operator": "GT", "value": "7"},
+                    {"propertyName": "hs_object_id", "operator": "LTE", "value": "900"},
                 ]}],
                 "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
                 "properties": ["lastmodifieddate", "hs_object_id"],
