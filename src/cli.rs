@@ -101,6 +101,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Run a poll against a built-in local fake HubSpot: no account needed.
     Demo(DemoArgs),
+    /// Serve the local fake HubSpot (CRM search) for developing and testing handlers
+    /// without an account. Prints its base URL on stdout, then serves until SIGINT/SIGTERM.
+    MockHubspot(MockArgs),
 }
 
 /// `poll OBJECT`.
@@ -174,6 +177,51 @@ pub struct DemoArgs {
     /// How many contacts the fake HubSpot holds.
     #[arg(long, default_value_t = 2_000)]
     pub records: u64,
+}
+
+/// `mock-hubspot`.
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Port on 127.0.0.1 (0 picks a free one; the URL printed says which).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// How many generated contacts to serve (besides --seed's).
+    #[arg(long, default_value_t = 1_000)]
+    pub records: u64,
+
+    /// Contacts to serve, as a JSON array of records in HubSpot's answer shape (see
+    /// fixtures/contacts.json).
+    #[arg(long, value_name = "FILE")]
+    pub seed: Option<PathBuf>,
+
+    /// Accept only this Bearer token (default: any).
+    #[arg(long = "accept-token", value_name = "TOKEN")]
+    pub accept_token: Option<String>,
+
+    /// Delay every search answer by this much.
+    #[arg(long, default_value = "0", value_parser = duration)]
+    pub latency: Duration,
+
+    /// Answer at most this many searches a second; more get 429 as HubSpot's do.
+    #[arg(long = "limit", value_name = "PER_SECOND")]
+    pub limit: Option<u32>,
+
+    /// A modification stays invisible to search for this long (index lag).
+    #[arg(long, default_value = "0", value_parser = duration)]
+    pub lag: Duration,
+
+    /// Share of searches answered with a 5xx (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+
+    /// Every this long, modify --modify-count random contacts.
+    #[arg(long, value_parser = duration)]
+    pub modify_every: Option<Duration>,
+
+    /// How many contacts each --modify-every tick modifies.
+    #[arg(long, default_value_t = 10)]
+    pub modify_count: u64,
 }
 
 /// Parses `--interval`: whole seconds, or a duration such as `5m`.

@@ -44,6 +44,21 @@ pub enum CommandConfig {
     Poll(PollConfig),
     Status(StatusConfig),
     Demo(DemoConfig),
+    Mock(MockConfig),
+}
+
+/// `mock-hubspot`.
+#[derive(Debug)]
+pub struct MockConfig {
+    pub port: u16,
+    pub records: u64,
+    pub seed: Option<PathBuf>,
+    pub token: Option<String>,
+    pub latency: std::time::Duration,
+    pub rate_limit: Option<u32>,
+    pub lag: std::time::Duration,
+    pub error_rate: f64,
+    pub modify: Option<(std::time::Duration, u64)>,
 }
 
 /// `poll`.
@@ -163,6 +178,25 @@ impl Config {
                     retry: retry_policy(global),
                 },
             }),
+            Command::MockHubspot(args) => {
+                if !(0.0..=1.0).contains(&args.error_rate) {
+                    return Err(usage("--error-rate must be between 0 and 1"));
+                }
+                if args.limit == Some(0) {
+                    return Err(usage("--limit must be at least 1 search a second"));
+                }
+                CommandConfig::Mock(MockConfig {
+                    port: args.port,
+                    records: args.records,
+                    seed: args.seed.clone(),
+                    token: args.accept_token.clone(),
+                    latency: args.latency,
+                    rate_limit: args.limit,
+                    lag: args.lag,
+                    error_rate: args.error_rate,
+                    modify: args.modify_every.map(|every| (every, args.modify_count)),
+                })
+            }
         };
         Ok(Config {
             db: global.db.clone(),

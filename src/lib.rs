@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! - `cli`: clap types, no logic; `config`: validated `Config`, every usage error.
-//! - `command/`: one module per subcommand (`poll`, `status`, `demo`).
+//! - `command/`: one module per subcommand (`poll`, `status`, `demo`, `mock`).
 //! - `window`: pure window planning (lo, hi, overlap, settle, resume).
 //! - `sync`: the engine: keyed page → sink → checkpoint → commit.
 //! - `watch`: continuous mode (`--interval`); `shutdown`: SIGINT/SIGTERM handling.
@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> Result<()> {
             CommandConfig::Poll(poll) => command::poll::run(&config.db, poll).await,
             CommandConfig::Status(status) => command::status::run(&config.db, status),
             CommandConfig::Demo(demo) => command::demo::run(demo).await,
+            CommandConfig::Mock(mock) => command::mock::run(mock).await,
         }
     })
 }

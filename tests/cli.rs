@@ -146,3 +146,49 @@ async fn the_demo_runs_without_an_account() {
     assert!(out.stdout.contains("500 delivered"), "{}", out.stdout);
     assert!(out.stdout.contains("0 delivered"), "{}", out.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_hubspot_serves_a_poll_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+
+    let env = Env::contacts(1).await;
+    let mut mock = env
+        .cmd(&[
+            "mock-hubspot",
+            "--records",
+            "300",
+            "--accept-token",
+            "local-token",
+        ])
+        .spawn();
+    let stdout = mock.stdout.take().expect("stdout is piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let url = lines.next_line().await.unwrap().expect("the base URL line");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let out = env
+        .poll(&["--json"])
+        .env("HUBSPOT_BASE_URL", &url)
+        .env("HUBSPOT_TOKEN", "local-token")
+        .run()
+        .await
+        .success();
+    assert_eq!(out.summary()["delivered"], 300);
+    let refused = env
+        .poll(&[])
+        .env("HUBSPOT_BASE_URL", &url)
+        .env("HUBSPOT_TOKEN", "other")
+        .run()
+        .await
+        .code(1);
+    assert!(refused.stderr.contains("401"), "{}", refused.stderr);
+
+    let pid = mock.id().expect("pid").to_string();
+    let term = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(mock.wait().await.unwrap().code(), Some(0));
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand: each takes its validated config and does the effects.
 
 pub mod demo;
+pub mod mock;
 pub mod poll;
 pub mod status;
