@@ -101,6 +101,13 @@ pub enum Command {
     Status(StatusArgs),
     /// Run a poll against a built-in local fake HubSpot: no account needed.
     Demo(DemoArgs),
+    /// Show, set or reset an object's cursor.
+    #[command(subcommand)]
+    Cursor(CursorCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout: `martech-sync man > martech-sync.1`.
+    Man,
     /// Serve the local fake HubSpot (CRM search) for developing and testing handlers
     /// without an account. Prints its base URL on stdout, then serves until SIGINT/SIGTERM.
     MockHubspot(MockArgs),
@@ -169,6 +176,42 @@ pub struct StatusArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Exit 1 when a cursor shown is older than this (or was never committed), for
+    /// monitoring checks: `status contacts --stale-after 1h`.
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub stale_after: Option<Duration>,
+}
+
+/// `cursor ...`.
+#[derive(Debug, Subcommand)]
+pub enum CursorCommand {
+    /// Print the cursor of OBJECT (RFC 3339), or `none`.
+    Show { object: String },
+    /// Move the cursor of OBJECT to WHEN (RFC 3339, a date, epoch ms or an age such as 7d);
+    /// an open window is closed. The next run starts at WHEN minus --overlap.
+    Set {
+        object: String,
+        #[arg(value_name = "WHEN")]
+        when: String,
+    },
+    /// Forget the cursor and open window of OBJECT: the next run covers all history.
+    Reset {
+        object: String,
+        /// Do not ask (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Also forget which versions were delivered, so the next run hands every record
+        /// to the sink again.
+        #[arg(long)]
+        redeliver: bool,
+    },
+}
+
+/// `completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 /// `demo`.

@@ -4,9 +4,12 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Command, GlobalArgs, LogFormat};
+use std::io::IsTerminal;
+
+use crate::cli::{Cli, Command, CursorCommand, GlobalArgs, LogFormat};
 use crate::hubspot::{ClientConfig, RetryPolicy};
 use crate::object::ObjectType;
+use crate::progress::ProgressMode;
 use crate::sink::SinkSpec;
 use crate::sync::PollJob;
 use crate::timestamp::Millis;
@@ -45,6 +48,22 @@ pub enum CommandConfig {
     Status(StatusConfig),
     Demo(DemoConfig),
     Mock(MockConfig),
+    Cursor(CursorConfig),
+    Completions(clap_complete::Shell),
+    Man,
+}
+
+/// `cursor ...`.
+#[derive(Debug)]
+pub enum CursorConfig {
+    Show(ObjectType),
+    Set(ObjectType, Millis),
+    Reset {
+        object: ObjectType,
+        /// Ask on the terminal first.
+        confirm: bool,
+        redeliver: bool,
+    },
 }
 
 /// `mock-hubspot`.
@@ -70,6 +89,7 @@ pub struct PollConfig {
     pub json: bool,
     /// Continuous mode: a window every this long.
     pub interval: Option<std::time::Duration>,
+    pub progress: ProgressMode,
 }
 
 /// `status`.
@@ -77,6 +97,7 @@ pub struct PollConfig {
 pub struct StatusConfig {
     pub object: Option<ObjectType>,
     pub json: bool,
+    pub stale_after: Option<std::time::Duration>,
 }
 
 /// `demo`.
@@ -162,12 +183,50 @@ impl Config {
                     client: client_config(global)?,
                     json: args.json,
                     interval: args.interval,
+                    // A bar redrawn for hours in continuous mode is noise, not progress.
+                    progress: if args.interval.is_some() {
+                        ProgressMode::Hidden
+                    } else {
+                        ProgressMode::detect(global.quiet)
+                    },
                 })
             }
             Command::Status(args) => CommandConfig::Status(StatusConfig {
                 object: args.object.as_deref().map(parse_object).transpose()?,
                 json: args.json,
+                stale_after: args.stale_after,
             }),
+            Command::Cursor(CursorCommand::Show { object }) => {
+                CommandConfig::Cursor(CursorConfig::Show(parse_object(object)?))
+            }
+            Command::Cursor(CursorCommand::Set { object, when }) => {
+                let at = Millis::parse_user(when, now).ok_or_else(|| {
+                    usage(format!(
+                        "`{when}` is not a time: use RFC 3339, a date (2024-01-01), epoch milliseconds or an age (7d)"
+                    ))
+                })?;
+                CommandConfig::Cursor(CursorConfig::Set(parse_object(object)?, at))
+            }
+            Command::Cursor(CursorCommand::Reset {
+                object,
+                yes,
+                redeliver,
+            }) => {
+                let object = parse_object(object)?;
+                let terminal = std::io::stdin().is_terminal();
+                if !yes && !terminal {
+                    return Err(usage(
+                        "cursor reset asks for confirmation; pass --yes when stdin is not a terminal",
+                    ));
+                }
+                CommandConfig::Cursor(CursorConfig::Reset {
+                    object,
+                    confirm: !yes,
+                    redeliver: *redeliver,
+                })
+            }
+            Command::Completions(args) => CommandConfig::Completions(args.shell),
+            Command::Man => CommandConfig::Man,
             Command::Demo(args) => CommandConfig::Demo(DemoConfig {
                 records: args.records,
                 client: ClientConfig {

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - `cli`: clap types, no logic; `config`: validated `Config`, every usage error.
-//! - `command/`: one module per subcommand (`poll`, `status`, `demo`, `mock`).
+//! - `command/`: one module per subcommand (`poll`, `status`, `cursor`, `demo`, `mock`,
+//!   and `generate` for completions and the man page).
 //! - `window`: pure window planning (lo, hi, overlap, settle, resume).
 //! - `sync`: the engine: keyed page → sink → checkpoint → commit.
 //! - `watch`: continuous mode (`--interval`); `shutdown`: SIGINT/SIGTERM handling.
@@ -15,7 +16,8 @@
 //! - `lock`: one runner per (state file, object).
 //! - `mock/`: the local fake HubSpot used by the tests and `demo`.
 //! - `object`, `record`, `timestamp`, `token`, `report`: the domain nouns.
-//! - `logging`: tracing setup; `exit`: error → exit code.
+//! - `logging`: tracing setup; `progress`: the terminal progress bar; `exit`: error →
+//!   exit code.
 
 pub mod cli;
 pub mod command;
@@ -26,6 +28,7 @@ pub mod lock;
 pub mod logging;
 pub mod mock;
 pub mod object;
+pub mod progress;
 pub mod record;
 pub mod report;
 pub mod shutdown;
@@ -61,6 +64,9 @@ pub fn run(cli: Cli) -> Result<()> {
             CommandConfig::Status(status) => command::status::run(&config.db, status),
             CommandConfig::Demo(demo) => command::demo::run(demo).await,
             CommandConfig::Mock(mock) => command::mock::run(mock).await,
+            CommandConfig::Cursor(cursor) => command::cursor::run(&config.db, cursor),
+            CommandConfig::Completions(shell) => command::generate::completions(*shell),
+            CommandConfig::Man => command::generate::man(),
         }
     })
 }

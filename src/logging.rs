@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 use crate::config::LogConfig;
+use crate::progress::LogWriter;
 
 /// Installs the global subscriber.
 pub fn init(config: LogConfig) {
@@ -23,7 +24,7 @@ pub fn init(config: LogConfig) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter)
         .with_target(false);
     // A second init (the demo, tests) keeps the first subscriber.
     let _ = match config.format {

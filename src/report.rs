@@ -68,6 +68,8 @@ pub struct RunReport {
     pub skipped: u64,
     pub requests: u64,
     pub retries: u64,
+    /// 429 answers among the requests.
+    pub rate_limited: u64,
     pub error: Option<String>,
 }
 
@@ -109,6 +111,7 @@ impl RunReport {
             skipped: 0,
             requests: 0,
             retries: 0,
+            rate_limited: 0,
             error: None,
         }
     }

@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &["
         skipped     INTEGER NOT NULL,
         requests    INTEGER NOT NULL,
         retries     INTEGER NOT NULL,
+        rate_limited INTEGER NOT NULL DEFAULT 0,
         error       TEXT
     );
     CREATE INDEX runs_by_object ON runs (object, id);
@@ -378,9 +379,41 @@ impl State {
                                                 updated_ms = excluded.updated_ms",
             params![object.as_str(), cursor.0, Millis::now().0],
         )?;
-        tx.execute("DELETE FROM windows WHERE object = ?1", [object.as_str()])?;
-        tx.execute("DELETE FROM slices WHERE object = ?1", [object.as_str()])?;
+        close_window(&tx, object)?;
         finish_run(&tx, run, report)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves the cursor of `object` to `cursor` and closes its open window.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn set_cursor(&mut self, object: &ObjectType, cursor: Millis) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO cursors (object, cursor_ms, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (object) DO UPDATE SET cursor_ms = excluded.cursor_ms,
+                                                updated_ms = excluded.updated_ms",
+            params![object.as_str(), cursor.0, Millis::now().0],
+        )?;
+        close_window(&tx, object)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets the cursor and open window of `object`, and with `forget_delivered` which
+    /// versions the sink has.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn reset_cursor(&mut self, object: &ObjectType, forget_delivered: bool) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM cursors WHERE object = ?1", [object.as_str()])?;
+        close_window(&tx, object)?;
+        if forget_delivered {
+            tx.execute("DELETE FROM delivered WHERE object = ?1", [object.as_str()])?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -463,7 +496,7 @@ impl State {
             .conn
             .query_row(
                 "SELECT object, outcome, started_at, ended_at, duration_ms, lo_ms, hi_ms, resumed,
-                        pages, seen, delivered, skipped, requests, retries, error
+                        pages, seen, delivered, skipped, requests, retries, error, rate_limited
                  FROM runs WHERE object = ?1 ORDER BY id DESC LIMIT 1",
                 [object],
                 |r| {
@@ -486,6 +519,7 @@ impl State {
                         requests: r.get(12)?,
                         retries: r.get(13)?,
                         error: r.get(14)?,
+                        rate_limited: r.get(15)?,
                     })
                 },
             )
@@ -503,7 +537,8 @@ impl State {
 fn finish_run(tx: &Transaction<'_>, run: RunId, report: &RunReport) -> Result<()> {
     tx.execute(
         "UPDATE runs SET outcome = ?2, ended_at = ?3, duration_ms = ?4, pages = ?5, seen = ?6,
-                         delivered = ?7, skipped = ?8, requests = ?9, retries = ?10, error = ?11
+                         delivered = ?7, skipped = ?8, requests = ?9, retries = ?10, error = ?11,
+                         rate_limited = ?12
          WHERE id = ?1",
         params![
             run.0,
@@ -516,7 +551,8 @@ fn finish_run(tx: &Transaction<'_>, run: RunId, report: &RunReport) -> Result<()
             report.skipped,
             report.requests,
             report.retries,
-            report.error
+            report.error,
+            report.rate_limited
         ],
     )?;
     Ok(())
@@ -530,6 +566,12 @@ pub struct Checkpoint {
     pub last_id: Option<RecordId>,
     /// Whether this was the slice's last page.
     pub done: bool,
+}
+
+fn close_window(tx: &Transaction<'_>, object: &ObjectType) -> Result<()> {
+    tx.execute("DELETE FROM windows WHERE object = ?1", [object.as_str()])?;
+    tx.execute("DELETE FROM slices WHERE object = ?1", [object.as_str()])?;
+    Ok(())
 }
 
 fn insert_slices(tx: &Transaction<'_>, object: &ObjectType, slices: &[Slice]) -> Result<()> {

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::hubspot::search::{Page, SearchBody};
 use crate::hubspot::{Client, ClientConfig};
 use crate::object::ObjectType;
+use crate::progress::{Progress, ProgressMode};
 use crate::report::{Outcome, RunReport};
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkSpec};
@@ -72,6 +73,7 @@ pub struct Engine {
     client: Client,
     state: State,
     sink: Sink,
+    progress: ProgressMode,
 }
 
 impl Engine {
@@ -80,11 +82,17 @@ impl Engine {
     ///
     /// # Errors
     /// When any of them cannot be opened.
-    pub fn open(db: &Path, client: &ClientConfig, sink: &SinkSpec) -> Result<Engine> {
+    pub fn open(
+        db: &Path,
+        client: &ClientConfig,
+        sink: &SinkSpec,
+        progress: ProgressMode,
+    ) -> Result<Engine> {
         Ok(Engine {
             state: State::open(db)?,
             client: Client::new(client)?,
             sink: Sink::open(sink)?,
+            progress,
         })
     }
 
@@ -100,100 +108,88 @@ impl Engine {
         now: Millis,
         shutdown: &Shutdown,
     ) -> Result<Finished> {
-        poll(
-            &self.client,
-            &mut self.state,
-            &mut self.sink,
-            job,
-            now,
-            shutdown,
-        )
-        .await
-    }
-}
-
-async fn poll(
-    client: &Client,
-    state: &mut State,
-    sink: &mut Sink,
-    job: &PollJob,
-    now: Millis,
-    shutdown: &Shutdown,
-) -> Result<Finished> {
-    let object = &job.object;
-    let cursor = state.cursor(object)?;
-    let open = state.open_window(object)?;
-    let plan = window::plan(cursor, open, job.bounds, now, job.margins)?;
-    let (window, slices, resumed) = match plan {
-        Plan::Fresh(w) => (w, vec![Slice::WHOLE], false),
-        Plan::Resume(o) => (o.window, o.slices, true),
-        Plan::Empty(w) => {
-            let mut report = RunReport::start(object, w, false);
-            report.finish(Outcome::Empty, None);
-            tracing::info!(%object, lo = %w.lo, hi = %w.hi, "nothing to scan yet: the window is empty");
-            return Ok(Finished {
-                report,
-                error: None,
-            });
-        }
-    };
-    if let (Some(since), Some(c)) = (job.bounds.since, cursor)
-        && since > c
-    {
-        tracing::warn!(%object, since = %since, cursor = %c,
-            "--since is after the stored cursor: records modified in between are not scanned");
-    }
-    if resumed {
-        tracing::info!(%object, lo = %window.lo, hi = %window.hi,
-            slices_left = slices.iter().filter(|s| !s.done).count(), "resuming an interrupted window");
-    }
-    let mut report = RunReport::start(object, window, resumed);
-    let run = state.start_run(object, &report)?;
-    let requests_before = client.counters().requests.load(Ordering::Relaxed);
-    let retries_before = client.counters().retries.load(Ordering::Relaxed);
-
-    let scan = Scan {
-        client,
-        sink,
-        job,
-        window,
-        shutdown,
-    };
-    let scanned = scan.run(state, slices, &mut report).await;
-
-    report.requests = client.counters().requests.load(Ordering::Relaxed) - requests_before;
-    report.retries = client.counters().retries.load(Ordering::Relaxed) - retries_before;
-    match scanned {
-        Ok(Scanned::Interrupted) => {
-            report.finish(Outcome::Interrupted, None);
-            state.finish_run(run, &report)?;
-            tracing::info!(%object, pages = report.pages, delivered = report.delivered,
-                "stopped; the window stays open and the next run resumes it");
-            Ok(Finished {
-                report,
-                error: None,
-            })
-        }
-        Ok(Scanned::Complete) => {
-            report.finish(Outcome::Committed, None);
-            let next = window::next_cursor(cursor, window);
-            state.commit_window(object, next, run, &report)?;
-            tracing::info!(%object, cursor = %next, pages = report.pages, delivered = report.delivered,
-                skipped = report.skipped, "window committed");
-            Ok(Finished {
-                report,
-                error: None,
-            })
-        }
-        Err(error) => {
-            report.finish(Outcome::Failed, Some(format!("{error:#}")));
-            if let Err(e) = state.finish_run(run, &report) {
-                tracing::warn!(error = %format!("{e:#}"), "could not record the failed run");
+        let object = &job.object;
+        let state = &mut self.state;
+        let cursor = state.cursor(object)?;
+        let open = state.open_window(object)?;
+        let plan = window::plan(cursor, open, job.bounds, now, job.margins)?;
+        let (window, slices, resumed) = match plan {
+            Plan::Fresh(w) => (w, vec![Slice::WHOLE], false),
+            Plan::Resume(o) => (o.window, o.slices, true),
+            Plan::Empty(w) => {
+                let mut report = RunReport::start(object, w, false);
+                report.finish(Outcome::Empty, None);
+                tracing::info!(%object, lo = %w.lo, hi = %w.hi, "nothing to scan yet: the window is empty");
+                return Ok(Finished {
+                    report,
+                    error: None,
+                });
             }
-            Ok(Finished {
-                report,
-                error: Some(error),
-            })
+        };
+        if let (Some(since), Some(c)) = (job.bounds.since, cursor)
+            && since > c
+        {
+            tracing::warn!(%object, since = %since, cursor = %c,
+                "--since is after the stored cursor: records modified in between are not scanned");
+        }
+        if resumed {
+            tracing::info!(%object, lo = %window.lo, hi = %window.hi,
+                slices_left = slices.iter().filter(|s| !s.done).count(), "resuming an interrupted window");
+        }
+        let mut report = RunReport::start(object, window, resumed);
+        let run = state.start_run(object, &report)?;
+        let counters = self.client.counters();
+        let requests_before = counters.requests.load(Ordering::Relaxed);
+        let retries_before = counters.retries.load(Ordering::Relaxed);
+        let limited_before = counters.rate_limited.load(Ordering::Relaxed);
+
+        let progress = Progress::start(self.progress, object.as_str());
+        let scan = Scan {
+            client: &self.client,
+            sink: &mut self.sink,
+            job,
+            window,
+            shutdown,
+            progress: &progress,
+        };
+        let scanned = scan.run(state, slices, &mut report).await;
+        drop(progress);
+
+        report.requests = counters.requests.load(Ordering::Relaxed) - requests_before;
+        report.retries = counters.retries.load(Ordering::Relaxed) - retries_before;
+        report.rate_limited = counters.rate_limited.load(Ordering::Relaxed) - limited_before;
+        match scanned {
+            Ok(Scanned::Interrupted) => {
+                report.finish(Outcome::Interrupted, None);
+                state.finish_run(run, &report)?;
+                tracing::info!(%object, pages = report.pages, delivered = report.delivered,
+                    "stopped; the window stays open and the next run resumes it");
+                Ok(Finished {
+                    report,
+                    error: None,
+                })
+            }
+            Ok(Scanned::Complete) => {
+                report.finish(Outcome::Committed, None);
+                let next = window::next_cursor(cursor, window);
+                state.commit_window(object, next, run, &report)?;
+                tracing::info!(%object, cursor = %next, pages = report.pages, delivered = report.delivered,
+                    skipped = report.skipped, "window committed");
+                Ok(Finished {
+                    report,
+                    error: None,
+                })
+            }
+            Err(error) => {
+                report.finish(Outcome::Failed, Some(format!("{error:#}")));
+                if let Err(e) = state.finish_run(run, &report) {
+                    tracing::warn!(error = %format!("{e:#}"), "could not record the failed run");
+                }
+                Ok(Finished {
+                    report,
+                    error: Some(error),
+                })
+            }
         }
     }
 }
@@ -205,6 +201,7 @@ struct Scan<'a> {
     job: &'a PollJob,
     window: Window,
     shutdown: &'a Shutdown,
+    progress: &'a Progress,
 }
 
 /// A window is split only when its first page says it holds more than this many pages.
@@ -291,6 +288,9 @@ impl Scan<'_> {
             page = self.client.search(object, &body, None) => page?,
             () = self.shutdown.wait() => return Ok(None),
         };
+        if let Some(total) = page.total {
+            self.progress.set_total(total);
+        }
         self.confirm(state, whole.index, &page, report).await?;
         let Some(last) = page.records.last().map(|r| r.id).filter(|_| page.more) else {
             return Ok(Some(Vec::new()));
@@ -338,6 +338,12 @@ impl Scan<'_> {
         report.seen += page.records.len() as u64;
         report.delivered += fresh.len() as u64;
         report.skipped += (page.records.len() - fresh.len()) as u64;
+        let counters = self.client.counters();
+        self.progress.update(
+            report,
+            counters.requests.load(Ordering::Relaxed),
+            counters.retries.load(Ordering::Relaxed),
+        );
         tracing::debug!(%object, slice, page = report.pages, records = page.records.len(),
             delivered = fresh.len(), last_id = ?checkpoint.last_id.map(|i| i.0), total = ?page.total,
             "page checkpointed");

@@ -51,6 +51,33 @@ async fn the_good_token_never_shows_either() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_fields() {
+    let env = Env::contacts(500).await;
+    let out = env
+        .poll(&["-vv", "--log-format", "json"])
+        .run()
+        .await
+        .success();
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let committed = events
+        .iter()
+        .find(|e| e["message"] == "window committed")
+        .expect("a window committed event");
+    assert_eq!(committed["level"], "INFO");
+    assert_eq!(committed["delivered"], 500);
+    assert_eq!(committed["object"], "contacts");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "page checkpointed" && e["level"] == "DEBUG")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_shows_cursor_window_and_last_run() {
     let env = Env::contacts(450).await;
     let before = env.status().await;
@@ -191,4 +218,122 @@ async fn mock_hubspot_serves_a_poll_and_stops_on_sigterm() {
         .unwrap();
     assert!(term.success());
     assert_eq!(mock.wait().await.unwrap().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_show_set_and_reset() {
+    let env = Env::contacts(100).await;
+    let none = env
+        .cmd(&["cursor", "show", "contacts"])
+        .run()
+        .await
+        .success();
+    assert_eq!(none.stdout.trim(), "none");
+    assert!(!env.db().exists(), "show created the state file");
+
+    env.poll(&[]).run().await.success();
+    let shown = env
+        .cmd(&["cursor", "show", "contacts"])
+        .run()
+        .await
+        .success();
+    let status = env.object_status("contacts").await;
+    assert_eq!(shown.stdout.trim(), status["cursor"].as_str().unwrap());
+
+    let set = env
+        .cmd(&["cursor", "set", "contacts", "2024-01-01T00:00:50Z"])
+        .run()
+        .await
+        .success();
+    assert!(
+        set.stdout.contains("-> 2024-01-01T00:00:50.000Z"),
+        "{}",
+        set.stdout
+    );
+    // The next run starts at the new cursor minus the overlap: records 51.. (one a
+    // second from 00:00:01) are read again but were delivered already.
+    let rerun = env
+        .poll(&["--json", "--overlap", "0s"])
+        .run()
+        .await
+        .success()
+        .summary();
+    assert_eq!(rerun["window"]["lo"], "2024-01-01T00:00:50.000Z");
+    assert_eq!(rerun["seen"], 51);
+    assert_eq!(rerun["delivered"], 0);
+
+    // Without a terminal, reset wants --yes.
+    env.cmd(&["cursor", "reset", "contacts"])
+        .run()
+        .await
+        .code(2);
+    env.cmd(&["cursor", "reset", "contacts", "--yes", "--redeliver"])
+        .run()
+        .await
+        .success();
+    assert!(env.object_status("contacts").await["cursor"].is_null());
+    let again = env.poll(&["--json"]).run().await.success().summary();
+    assert_eq!(
+        again["delivered"], 100,
+        "--redeliver hands everything over again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_stale_after_exits_1_for_monitoring() {
+    let env = Env::contacts(10).await;
+    let empty = env
+        .cmd(&["status", "--stale-after", "1h"])
+        .run()
+        .await
+        .code(1);
+    assert!(
+        empty.stderr.contains("stale: no cursor"),
+        "{}",
+        empty.stderr
+    );
+    env.poll(&[]).run().await.success();
+    env.cmd(&["status", "contacts", "--stale-after", "1h"])
+        .run()
+        .await
+        .success();
+    env.cmd(&["cursor", "set", "contacts", "3h"])
+        .run()
+        .await
+        .success();
+    let old = env
+        .cmd(&["status", "--stale-after", "1h"])
+        .run()
+        .await
+        .code(1);
+    assert!(
+        old.stderr.contains("stale: contacts (3h old)"),
+        "{}",
+        old.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_man_page_come_from_the_cli() {
+    let env = Env::contacts(1).await;
+    for shell in ["bash", "zsh", "fish"] {
+        let out = env.cmd(&["completions", shell]).run().await.success();
+        assert!(out.stdout.contains("--stale-after"), "{shell}");
+        assert!(out.stdout.contains("mock-hubspot"), "{shell}");
+    }
+    let man = env.cmd(&["man"]).run().await.success();
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH"),
+        "{}",
+        &man.stdout[..80]
+    );
+    assert!(man.stdout.contains("martech"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_gets_no_progress_output() {
+    let env = Env::contacts(2_000).await;
+    let out = env.poll(&[]).run().await.success();
+    assert_eq!(out.stderr, "", "cron and pipes get silence on success");
+    assert_eq!(out.stdout, "");
 }

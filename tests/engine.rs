@@ -232,6 +232,8 @@ async fn unusable_records_fail_with_a_clear_line() {
         (Fault::MissingModified, "has no `lastmodifieddate`"),
         (Fault::BadTimestamp, "which is not a timestamp"),
         (Fault::ProxyHtml(403), "non-HubSpot body"),
+        (Fault::MissingId, "missing field `id`"),
+        (Fault::HtmlOk, "cannot be read (text/html; charset=utf-8)"),
     ];
     for (fault, want) in cases {
         let env = Env::contacts(300).await;

@@ -32,9 +32,13 @@ async fn a_rate_limited_fake_gets_every_record_and_pacing_avoids_429s() {
         .await
         .success();
     let paced_429 = env.mock.answered(429) - too_many;
-    // Arrival jitter on loopback can squeeze 11 requests into one sliding second now and
-    // then; at 5x the limit it was dozens.
-    assert!(paced_429 <= 5, "{paced_429} 429s at the limit");
+    // Pacing exactly at the limit, arrival jitter (2 busy cores running the whole suite)
+    // still squeezes 11 requests into one sliding second now and then.
+    let paced_requests = paced.summary()["requests"].as_u64().unwrap();
+    assert!(
+        paced_429 * 10 <= paced_requests,
+        "{paced_429} 429s in {paced_requests} requests at the limit"
+    );
     assert!(
         paced_429 < too_many,
         "pacing did not help: {paced_429} vs {too_many}"
@@ -45,6 +49,31 @@ async fn a_rate_limited_fake_gets_every_record_and_pacing_avoids_429s() {
     let counts = id_counts(&env.lines("out.jsonl"));
     assert_eq!(counts.len(), 10_000);
     assert!(counts.values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let env = Env::contacts(2_000).await;
+    {
+        let mut knobs = env.mock.knobs();
+        knobs.rate_limit = Some(4);
+        knobs.retry_after = Some(1);
+    }
+    // Far too fast, with a tiny backoff of our own: only Retry-After keeps 429s rare.
+    let out = env
+        .poll(&["--json", "--concurrency", "1", "--retry-base", "1ms"])
+        .env("HUBSPOT_RATE_LIMIT", "1000")
+        .run()
+        .await
+        .success();
+    let summary = out.summary();
+    assert_eq!(summary["delivered"], 2_000);
+    let limited = env.mock.answered(429);
+    assert!(limited >= 1, "the fake never limited");
+    // Each 429 costs a 1 s wait that lets the fake's second roll over: 10 pages at
+    // 4/s can hit the limit at most about 3 times.
+    assert!(limited <= 4, "{limited} 429s: Retry-After was not honoured");
+    assert!(out.stderr.contains("wait_ms=1000"), "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

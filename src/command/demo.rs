@@ -81,6 +81,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
         client,
         json: false,
         interval: None,
+        progress: crate::progress::ProgressMode::Hidden,
     };
 
     let first = super::poll::execute(&db, &poll).await?.into_result()?;

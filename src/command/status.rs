@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::config::StatusConfig;
@@ -30,6 +30,45 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
     } else {
         Vec::new()
     };
+    let now = Millis::now();
+    print(db, config, &objects, now)?;
+    if let Some(limit) = config.stale_after {
+        let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        let names = |o: &ObjectStatus| o.object.clone();
+        let never: Vec<String> = objects
+            .iter()
+            .filter(|o| o.cursor_ms.is_none())
+            .map(names)
+            .collect();
+        let old: Vec<String> = objects
+            .iter()
+            .filter(|o| o.cursor_ms.is_some_and(|c| now.0 - c > limit_ms))
+            .map(|o| {
+                format!(
+                    "{} ({} old)",
+                    o.object,
+                    age(now.0 - o.cursor_ms.unwrap_or(0))
+                )
+            })
+            .collect();
+        let wanted = config.object.as_ref().map_or("any object", |o| o.as_str());
+        if objects.is_empty() {
+            bail!("stale: no cursor for {wanted} in {}", db.display());
+        }
+        if !never.is_empty() || !old.is_empty() {
+            let mut parts = old;
+            parts.extend(never.into_iter().map(|o| format!("{o} (never committed)")));
+            bail!(
+                "stale: {} older than --stale-after {}",
+                parts.join(", "),
+                humantime::format_duration(limit)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print(db: &Path, config: &StatusConfig, objects: &[ObjectStatus], now: Millis) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if config.json {
         let doc = json!({ "stateFile": db.display().to_string(), "objects": objects });
@@ -41,13 +80,12 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
         writeln!(out, "No syncs yet in {}.", db.display())?;
         return Ok(());
     }
-    let now = Millis::now();
     writeln!(
         out,
         "{:<12} {:<26} {:>9}  {:<34} LAST RUN",
         "OBJECT", "CURSOR", "AGE", "OPEN WINDOW"
     )?;
-    for s in &objects {
+    for s in objects {
         let (cursor, age) = match s.cursor_ms {
             Some(ms) => (Millis(ms).to_rfc3339(), age(now.0 - ms)),
             None => ("never committed".to_owned(), "-".to_owned()),

@@ -3,8 +3,8 @@
 //! [`Client::post_json`], so pacing and retries hold for every request.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -47,6 +47,9 @@ pub struct Client {
     base_url: Arc<str>,
     auth: HeaderValue,
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// After a 429, no request of this client goes out before this instant: HubSpot's
+    /// search limit is per account, so every fetcher backs off together.
+    cooldown: Arc<Mutex<Option<Instant>>>,
     retry: RetryPolicy,
     counters: Arc<Counters>,
 }
@@ -72,6 +75,7 @@ impl Client {
             base_url: config.base_url.trim_end_matches('/').into(),
             auth,
             limiter: Arc::new(RateLimiter::direct(quota(config.rate_limit))),
+            cooldown: Arc::default(),
             retry: config.retry,
             counters: Arc::default(),
         })
@@ -142,6 +146,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.wait_for_cooldown().await;
             self.limiter.until_ready().await;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let error = match self.try_once(&url, body).await {
@@ -151,12 +156,15 @@ impl Client {
             let Some(cause) = error.retry_cause() else {
                 return Err(error.into());
             };
-            if matches!(cause, RetryCause::RateLimited | RetryCause::BurstLimited) {
-                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            }
             let wait = self
                 .retry
                 .delay(attempt, cause, error.retry_after(), rand::random());
+            if matches!(cause, RetryCause::RateLimited | RetryCause::BurstLimited) {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let until = Instant::now() + wait;
+                let mut cooldown = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+                *cooldown = Some(cooldown.map_or(until, |c| c.max(until)));
+            }
             if attempt >= self.retry.max_attempts {
                 return Err(anyhow::Error::new(error)
                     .context(format!("giving up on {path} after {attempt} attempts")));
@@ -175,6 +183,15 @@ impl Client {
             );
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn wait_for_cooldown(&self) {
+        let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(until) = until
+            && until > Instant::now()
+        {
+            tokio::time::sleep_until(until.into()).await;
         }
     }
 

@@ -56,6 +56,10 @@ pub enum Fault {
     MissingModified,
     /// The first result's modified property is not a timestamp.
     BadTimestamp,
+    /// The first result has no `id`.
+    MissingId,
+    /// 200 with an HTML page instead of JSON, as a captive proxy sends.
+    HtmlOk,
     /// The connection drops halfway through the body.
     Drop,
     /// The answer comes only after this long (past the client's timeout, say).
@@ -86,6 +90,8 @@ pub struct Knobs {
     /// Search requests per second answered; more in any one second get 429 without
     /// `Retry-After`, as HubSpot's search limit does.
     pub rate_limit: Option<u32>,
+    /// Send this `Retry-After` (seconds) with rate-limit 429s.
+    pub retry_after: Option<u64>,
     /// Added to every search answer.
     pub latency: Duration,
     pub random: RandomFaults,
@@ -101,6 +107,7 @@ impl Default for Knobs {
             faults: BTreeMap::new(),
             hold_from: None,
             rate_limit: None,
+            retry_after: None,
             latency: Duration::ZERO,
             random: RandomFaults::default(),
             lag: Duration::ZERO,
@@ -273,6 +280,8 @@ async fn search(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // HubSpot counts a request against the limit when it arrives.
+    let limited = over_rate_limit(&shared);
     let mut n = 0;
     shared.arrived.send_modify(|c| {
         *c += 1;
@@ -297,15 +306,35 @@ async fn search(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let answer = if over_rate_limit(&shared) {
-        error(
+    let answer = if limited {
+        let (status, mut response) = error(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITS",
             "You have reached your secondly limit.",
             &correlation_id,
-        )
+        );
+        if let Some(secs) = lock(&shared.knobs).retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        (status, response)
     } else {
-        answer_search(&shared, fault, &object, &headers, &body, &correlation_id)
+        // Searching is CPU work; off the async workers, so arrivals are timed truly.
+        let shared = Arc::clone(&shared);
+        let correlation_id = correlation_id.clone();
+        tokio::task::spawn_blocking(move || {
+            answer_search(&shared, fault, &object, &headers, &body, &correlation_id)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "search panicked",
+                "",
+            )
+        })
     };
     *lock(&shared.statuses).entry(answer.0.as_u16()).or_default() += 1;
     apply_mutations(&shared, n);
@@ -374,6 +403,13 @@ fn answer_search(
                 ([(header::CONTENT_TYPE, "text/html")], html).into_response(),
             );
         }
+        Some(Fault::HtmlOk) => {
+            let html = "<!doctype html><html><body><h1>Please sign in to the guest Wi-Fi</h1></body></html>";
+            return (
+                StatusCode::OK,
+                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+            );
+        }
         Some(Fault::MalformedJson) => {
             let text = r#"{"total":3,"results":[{"id":"1","properties":{"#;
             return (
@@ -433,6 +469,11 @@ fn answer_search(
             }
             Some(Fault::BadTimestamp) => {
                 first["properties"][property] = Value::from("last tuesday");
+            }
+            Some(Fault::MissingId) => {
+                if let Some(o) = first.as_object_mut() {
+                    o.remove("id");
+                }
             }
             _ => {}
         }
