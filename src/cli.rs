@@ -138,6 +138,11 @@ pub struct PollArgs {
     #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
     pub properties: Vec<String>,
 
+    /// Fetch every property of the object: search returns ids, batch read the values
+    /// (the property list is cached in the state file for a day).
+    #[arg(long, conflicts_with = "properties")]
+    pub all_properties: bool,
+
     /// Records per search request (HubSpot allows 1 to 200).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=200))]
     pub page_size: u32,

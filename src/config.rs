@@ -166,7 +166,11 @@ impl Config {
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
                     ));
                 }
-                let properties = properties(&object, &args.properties);
+                let properties = if args.all_properties {
+                    crate::hubspot::hydrate::lean(&object)
+                } else {
+                    properties(&object, &args.properties)
+                };
                 CommandConfig::Poll(PollConfig {
                     job: PollJob {
                         object,
@@ -178,6 +182,7 @@ impl Config {
                         properties,
                         page_size: args.page_size,
                         concurrency: args.concurrency,
+                        all_properties: args.all_properties,
                     },
                     sink,
                     client: client_config(global)?,

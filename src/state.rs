@@ -71,6 +71,11 @@ const MIGRATIONS: &[&str] = &["
         error       TEXT
     );
     CREATE INDEX runs_by_object ON runs (object, id);
+    CREATE TABLE property_names (
+        object     TEXT PRIMARY KEY,
+        fetched_ms INTEGER NOT NULL,
+        names      TEXT NOT NULL
+    );
     CREATE TABLE records (
         object      TEXT NOT NULL,
         id          INTEGER NOT NULL,
@@ -426,6 +431,45 @@ impl State {
         let tx = self.conn.transaction()?;
         finish_run(&tx, run, report)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// The property names of `object` cached less than `max_age` ago.
+    ///
+    /// # Errors
+    /// On SQLite errors or a corrupt cache entry.
+    pub fn cached_property_names(
+        &self,
+        object: &ObjectType,
+        max_age: std::time::Duration,
+    ) -> Result<Option<Vec<String>>> {
+        let since = Millis::now().minus(max_age).0;
+        let names: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT names FROM property_names WHERE object = ?1 AND fetched_ms >= ?2",
+                params![object.as_str(), since],
+                |r| r.get(0),
+            )
+            .optional()?;
+        names
+            .map(|n| serde_json::from_str(&n).context("reading cached property names"))
+            .transpose()
+    }
+
+    /// Caches the property names of `object`.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn cache_property_names(&mut self, object: &ObjectType, names: &[String]) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO property_names (object, fetched_ms, names) VALUES (?1, ?2, ?3)",
+            params![
+                object.as_str(),
+                Millis::now().0,
+                serde_json::to_string(names)?
+            ],
+        )?;
         Ok(())
     }
 

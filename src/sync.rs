@@ -40,7 +40,12 @@ pub struct PollJob {
     /// Search requests in flight at once; a large window is split into twice as many
     /// slices. 1 scans sequentially.
     pub concurrency: u32,
+    /// Fetch every property by batch read after each search page.
+    pub all_properties: bool,
 }
+
+/// How long the property list of `--all-properties` is reused.
+const PROPERTY_LIST_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// How far a scan got.
 enum Scanned {
@@ -144,15 +149,21 @@ impl Engine {
         let limited_before = counters.rate_limited.load(Ordering::Relaxed);
 
         let progress = Progress::start(self.progress, object.as_str());
-        let scan = Scan {
-            client: &self.client,
-            sink: &mut self.sink,
-            job,
-            window,
-            shutdown,
-            progress: &progress,
+        let scanned = match hydrate_list(&self.client, state, job).await {
+            Ok(hydrate) => {
+                let scan = Scan {
+                    client: &self.client,
+                    sink: &mut self.sink,
+                    job,
+                    window,
+                    shutdown,
+                    progress: &progress,
+                    hydrate,
+                };
+                scan.run(state, slices, &mut report).await
+            }
+            Err(e) => Err(e),
         };
-        let scanned = scan.run(state, slices, &mut report).await;
         drop(progress);
 
         report.requests = counters.requests.load(Ordering::Relaxed) - requests_before;
@@ -202,6 +213,47 @@ struct Scan<'a> {
     window: Window,
     shutdown: &'a Shutdown,
     progress: &'a Progress,
+    /// With `--all-properties`, the properties batch read fetches for each page.
+    hydrate: Option<Arc<[String]>>,
+}
+
+/// The full property list for `--all-properties` (cached for a day), or `None`.
+async fn hydrate_list(
+    client: &Client,
+    state: &mut State,
+    job: &PollJob,
+) -> Result<Option<Arc<[String]>>> {
+    if !job.all_properties {
+        return Ok(None);
+    }
+    let object = &job.object;
+    let mut names = match state.cached_property_names(object, PROPERTY_LIST_AGE)? {
+        Some(names) => names,
+        None => {
+            let names = client.property_names(object).await?;
+            state.cache_property_names(object, &names)?;
+            names
+        }
+    };
+    for needed in [object.modified_property(), "hs_object_id"] {
+        if !names.iter().any(|n| n == needed) {
+            names.push(needed.to_owned());
+        }
+    }
+    Ok(Some(names.into()))
+}
+
+/// A search page with every property, when `hydrate` names them.
+async fn hydrated(
+    client: &Client,
+    object: &ObjectType,
+    mut page: Page,
+    hydrate: Option<&[String]>,
+) -> Result<Page> {
+    if let Some(properties) = hydrate {
+        page.records = client.hydrate(object, page.records, properties).await?;
+    }
+    Ok(page)
 }
 
 /// A window is split only when its first page says it holds more than this many pages.
@@ -243,6 +295,7 @@ impl Scan<'_> {
                 self.job.clone(),
                 self.window,
                 slice,
+                self.hydrate.clone(),
                 tx.clone(),
                 Arc::clone(&permits),
             ));
@@ -284,15 +337,19 @@ impl Scan<'_> {
             &self.job.properties,
             self.job.page_size,
         );
+        let fetch = async {
+            let page = self.client.search(object, &body, None).await?;
+            hydrated(self.client, object, page, self.hydrate.as_deref()).await
+        };
         let page = tokio::select! {
-            page = self.client.search(object, &body, None) => page?,
+            page = fetch => page?,
             () = self.shutdown.wait() => return Ok(None),
         };
         if let Some(total) = page.total {
             self.progress.set_total(total);
         }
         self.confirm(state, whole.index, &page, report).await?;
-        let Some(last) = page.records.last().map(|r| r.id).filter(|_| page.more) else {
+        let Some(last) = page.last_id.filter(|_| page.more) else {
             return Ok(Some(Vec::new()));
         };
         let rest = Slice {
@@ -330,7 +387,7 @@ impl Scan<'_> {
         self.sink.deliver(object, &fresh).await?;
         let checkpoint = Checkpoint {
             slice,
-            last_id: page.records.last().map(|r| r.id),
+            last_id: page.last_id,
             done: !page.more,
         };
         state.commit_page(object, checkpoint, &fresh, self.sink.records_table())?;
@@ -358,6 +415,7 @@ async fn fetch_slice(
     job: PollJob,
     window: Window,
     slice: Slice,
+    hydrate: Option<Arc<[String]>>,
     tx: mpsc::Sender<Fetched>,
     permits: Arc<Semaphore>,
 ) {
@@ -376,7 +434,10 @@ async fn fetch_slice(
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            client.search(object, &body, after).await
+            match client.search(object, &body, after).await {
+                Ok(page) => hydrated(&client, object, page, hydrate.as_deref()).await,
+                Err(e) => Err(e),
+            }
         };
         let page = match page {
             Ok(page) => page,
@@ -385,7 +446,7 @@ async fn fetch_slice(
                 return;
             }
         };
-        let last = page.records.last().map(|r| r.id);
+        let last = page.last_id;
         let more = page.more;
         if tx
             .send(Fetched::Page {

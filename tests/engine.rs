@@ -313,3 +313,53 @@ async fn since_and_until_bound_a_backfill() {
     let ids: Vec<u64> = id_counts(&env.lines("out.jsonl")).into_keys().collect();
     assert_eq!(ids, [6, 7, 8, 9, 10, 11, 12]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_properties_come_from_batch_read_not_the_search_body() {
+    let env = Env::contacts(1_000).await;
+    env.mock.knobs().extra_properties = 300;
+
+    // Three hundred names in the search body: HubSpot refuses bodies over 3,000 characters.
+    let names: Vec<String> = (1..=300)
+        .map(|i| format!("custom_property_{i:03}"))
+        .collect();
+    let refused = env
+        .poll(&["--properties", &names.join(",")])
+        .run()
+        .await
+        .code(1);
+    assert!(
+        refused.error_line().contains("at most 3000"),
+        "{}",
+        refused.stderr
+    );
+
+    let out = env
+        .poll(&["--all-properties", "--json"])
+        .run()
+        .await
+        .success();
+    assert_eq!(out.summary()["delivered"], 1_000);
+    let lines = env.lines("out.jsonl");
+    assert_eq!(id_counts(&lines).len(), 1_000);
+    for line in &lines {
+        let properties = line["properties"].as_object().unwrap();
+        assert!(properties.len() > 300, "{} properties", properties.len());
+        assert!(
+            properties["email"]
+                .as_str()
+                .unwrap()
+                .ends_with("@example.com")
+        );
+        assert!(properties.contains_key("custom_property_300"));
+    }
+    assert_eq!(env.mock.calls("properties"), 1);
+    assert_eq!(env.mock.calls("batch_read"), 10, "100 ids a call");
+
+    // The property list is cached in the state file.
+    env.poll(&["--all-properties", "--since", "2000-01-01"])
+        .run()
+        .await
+        .success();
+    assert_eq!(env.mock.calls("properties"), 1);
+}

@@ -76,6 +76,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
             },
             page_size: 200,
             concurrency: 4,
+            all_properties: false,
         },
         sink: SinkSpec::Sqlite,
         client,

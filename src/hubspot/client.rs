@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,6 +48,9 @@ pub struct Client {
     base_url: Arc<str>,
     auth: HeaderValue,
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// Every other endpoint (properties, batch read) counts against HubSpot's burst
+    /// limit instead: 100 requests per 10 s on the smallest tier.
+    general: Arc<DefaultDirectRateLimiter>,
     /// After a 429, no request of this client goes out before this instant: HubSpot's
     /// search limit is per account, so every fetcher backs off together.
     cooldown: Arc<Mutex<Option<Instant>>>,
@@ -75,6 +79,7 @@ impl Client {
             base_url: config.base_url.trim_end_matches('/').into(),
             auth,
             limiter: Arc::new(RateLimiter::direct(quota(config.rate_limit))),
+            general: Arc::new(RateLimiter::direct(quota(GENERAL_PER_SECOND))),
             cooldown: Arc::default(),
             retry: config.retry,
             counters: Arc::default(),
@@ -98,7 +103,9 @@ impl Client {
         after: Option<RecordId>,
     ) -> Result<Page> {
         let path = format!("/crm/v3/objects/{object}/search");
-        let (response, correlation_id): (SearchResponse, _) = self.post_json(&path, body).await?;
+        let (response, correlation_id): (SearchResponse, _) = self
+            .send(Method::POST, &path, Some(body), Limit::Search)
+            .await?;
         response.into_page(object, after).with_context(|| {
             format!(
                 "HubSpot sent a search page that cannot be used{}",
@@ -117,7 +124,9 @@ impl Client {
         body: &SearchBody<'_>,
     ) -> Result<Option<RecordId>> {
         let path = format!("/crm/v3/objects/{object}/search");
-        let (response, correlation_id): (SearchResponse, _) = self.post_json(&path, body).await?;
+        let (response, correlation_id): (SearchResponse, _) = self
+            .send(Method::POST, &path, Some(body), Limit::Search)
+            .await?;
         let Some(first) = response.results.first() else {
             return Ok(None);
         };
@@ -131,25 +140,33 @@ impl Client {
         Ok(Some(RecordId(id)))
     }
 
-    /// POSTs `body` as JSON to `path` and decodes the answer, pacing and retrying.
-    /// Returns the answer and its correlation id.
+    /// Sends `body` (if any) as JSON to `path` and decodes the answer, pacing against
+    /// `limit` and retrying. Returns the answer and its correlation id.
     ///
     /// # Errors
     /// See [`Client::search`].
-    pub async fn post_json<T: DeserializeOwned>(
+    pub async fn send<T: DeserializeOwned>(
         &self,
+        method: Method,
         path: &str,
-        body: &impl Serialize,
+        body: Option<&impl Serialize>,
+        limit: Limit,
     ) -> Result<(T, Option<String>)> {
         let url = format!("{}{path}", self.base_url);
+        // Serialised once for every attempt.
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let limiter = match limit {
+            Limit::Search => &self.limiter,
+            Limit::General => &self.general,
+        };
         let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.wait_for_cooldown().await;
-            self.limiter.until_ready().await;
+            limiter.until_ready().await;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let error = match self.try_once(&url, body).await {
+            let error = match self.try_once(&method, &url, body.as_deref()).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
@@ -197,17 +214,20 @@ impl Client {
 
     async fn try_once<T: DeserializeOwned>(
         &self,
+        method: &Method,
         url: &str,
-        body: &impl Serialize,
+        body: Option<&[u8]>,
     ) -> Result<(T, Option<String>), ApiError> {
-        let response = self
+        let mut request = self
             .http
-            .post(url)
-            .header(AUTHORIZATION, self.auth.clone())
-            .json(body)
-            .send()
-            .await
-            .map_err(transport)?;
+            .request(method.clone(), url)
+            .header(AUTHORIZATION, self.auth.clone());
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let headers = response.headers();
         let header = |name: &str| {
@@ -243,6 +263,19 @@ impl Client {
         })?;
         Ok((value, correlation_id))
     }
+}
+
+/// Non-search requests a second: the official Node SDK's default, under the smallest
+/// tier's 100 per 10 s (hubspot-api.md §5).
+const GENERAL_PER_SECOND: f64 = 9.0;
+
+/// Which of HubSpot's limits a request counts against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// CRM search: about 5 a second per account (`--rate-limit`).
+    Search,
+    /// Everything else: the ten-second burst limit.
+    General,
 }
 
 /// A token bucket of `per_second` with no burst: requests go out evenly spaced.

@@ -154,6 +154,9 @@ pub struct Page {
     /// Matches of this query, this page included; a hint for progress only.
     pub total: Option<u64>,
     pub records: Vec<Record>,
+    /// The largest id search returned: where the next page starts, even when a record
+    /// was dropped later (gone by the time it was hydrated).
+    pub last_id: Option<RecordId>,
     /// Whether HubSpot said more results follow.
     pub more: bool,
 }
@@ -188,45 +191,18 @@ impl SearchResponse {
         object: &ObjectType,
         after: Option<RecordId>,
     ) -> Result<Page, PageError> {
-        let property = object.modified_property();
         let mut previous = after.map_or(0, |id| id.0);
         let mut records = Vec::with_capacity(self.results.len());
         for raw in self.results {
-            let id: u64 = raw
-                .id
-                .parse()
-                .map_err(|_| PageError::BadId(raw.id.clone()))?;
-            if id <= previous {
-                return Err(PageError::OutOfOrder { id, previous });
+            let record = raw.into_record(object)?;
+            if record.id.0 <= previous {
+                return Err(PageError::OutOfOrder {
+                    id: record.id.0,
+                    previous,
+                });
             }
-            previous = id;
-            let modified = match raw.properties.get(property) {
-                Some(Value::String(s)) => {
-                    Millis::parse_hubspot(s).ok_or_else(|| PageError::BadTimestamp {
-                        id,
-                        property,
-                        value: s.clone(),
-                    })?
-                }
-                Some(Value::Number(n)) => {
-                    n.as_i64()
-                        .map(Millis)
-                        .ok_or_else(|| PageError::BadTimestamp {
-                            id,
-                            property,
-                            value: n.to_string(),
-                        })?
-                }
-                _ => return Err(PageError::MissingModified { id, property }),
-            };
-            records.push(Record {
-                id: RecordId(id),
-                modified,
-                properties: raw.properties,
-                created_at: raw.created_at,
-                updated_at: raw.updated_at,
-                archived: raw.archived,
-            });
+            previous = record.id.0;
+            records.push(record);
         }
         let more = self.paging.is_some_and(|p| p.next.is_some());
         if more && records.is_empty() {
@@ -234,8 +210,50 @@ impl SearchResponse {
         }
         Ok(Page {
             total: self.total,
+            last_id: records.last().map(|r| r.id),
             records,
             more,
+        })
+    }
+}
+
+impl RawRecord {
+    /// Checks the id and the modified time of one result.
+    ///
+    /// # Errors
+    /// A non-numeric id, or a modified time that is missing or not a timestamp.
+    pub fn into_record(self, object: &ObjectType) -> Result<Record, PageError> {
+        let property = object.modified_property();
+        let id: u64 = self
+            .id
+            .parse()
+            .map_err(|_| PageError::BadId(self.id.clone()))?;
+        let modified = match self.properties.get(property) {
+            Some(Value::String(s)) => {
+                Millis::parse_hubspot(s).ok_or_else(|| PageError::BadTimestamp {
+                    id,
+                    property,
+                    value: s.clone(),
+                })?
+            }
+            Some(Value::Number(n)) => {
+                n.as_i64()
+                    .map(Millis)
+                    .ok_or_else(|| PageError::BadTimestamp {
+                        id,
+                        property,
+                        value: n.to_string(),
+                    })?
+            }
+            _ => return Err(PageError::MissingModified { id, property }),
+        };
+        Ok(Record {
+            id: RecordId(id),
+            modified,
+            properties: self.properties,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            archived: self.archived,
         })
     }
 }

@@ -22,7 +22,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -97,6 +97,9 @@ pub struct Knobs {
     pub random: RandomFaults,
     /// How long a modification made through the fake stays invisible to search.
     pub lag: Duration,
+    /// Extra (empty) custom properties the properties API lists, as real portals have
+    /// hundreds.
+    pub extra_properties: usize,
 }
 
 impl Default for Knobs {
@@ -111,6 +114,7 @@ impl Default for Knobs {
             latency: Duration::ZERO,
             random: RandomFaults::default(),
             lag: Duration::ZERO,
+            extra_properties: 0,
         }
     }
 }
@@ -124,6 +128,8 @@ struct Shared {
     /// Whether held requests may go on.
     released: watch::Sender<bool>,
     statuses: Mutex<BTreeMap<u16, u64>>,
+    /// Calls of the other endpoints, by path kind.
+    calls: Mutex<BTreeMap<&'static str, u64>>,
     /// When the searches of the last second were let through, for the rate limit.
     recent: Mutex<VecDeque<Instant>>,
     rng: Mutex<StdRng>,
@@ -171,11 +177,14 @@ impl MockHubspot {
             arrived: watch::Sender::new(0),
             released: watch::Sender::new(false),
             statuses: Mutex::default(),
+            calls: Mutex::default(),
             recent: Mutex::default(),
             rng: Mutex::new(StdRng::seed_from_u64(0x5eed)),
         });
         let app = Router::new()
             .route("/crm/v3/objects/{object}/search", post(search))
+            .route("/crm/v3/objects/{object}/batch/read", post(batch_read))
+            .route("/crm/v3/properties/{object}", get(properties))
             .with_state(Arc::clone(&shared));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -219,6 +228,11 @@ impl MockHubspot {
             .get(&status)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// How many calls `kind` (`batch_read`, `properties`) got.
+    pub fn calls(&self, kind: &str) -> u64 {
+        lock(&self.shared.calls).get(kind).copied().unwrap_or(0)
     }
 
     /// Waits until at least `n` search requests have arrived.
@@ -355,19 +369,20 @@ fn answer_search(
     body: &[u8],
     correlation_id: &str,
 ) -> Answer {
-    if let Some(token) = &shared.token {
-        let sent = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if sent != Some(token.as_str()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "INVALID_AUTHENTICATION",
-                "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
-                correlation_id,
-            );
-        }
+    if !authorized(shared, headers) {
+        return unauthorized(correlation_id);
+    }
+    // HubSpot refuses search bodies over 3,000 characters (hubspot-api.md §1).
+    if body.len() > 3_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            &format!(
+                "The request body is {} characters; at most 3000 are allowed",
+                body.len()
+            ),
+            correlation_id,
+        );
     }
     match fault {
         Some(Fault::Drop) => {
@@ -483,6 +498,137 @@ fn answer_search(
         body["paging"] = json!({ "next": { "after": after.to_string() } });
     }
     (StatusCode::OK, axum::Json(body).into_response())
+}
+
+/// Whether the request carries the token the fake wants.
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(token) = &shared.token else {
+        return true;
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    sent == Some(token.as_str())
+}
+
+fn unauthorized(correlation_id: &str) -> Answer {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "INVALID_AUTHENTICATION",
+        "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+        correlation_id,
+    )
+}
+
+/// `GET /crm/v3/properties/{object}`: every property name the object's records use,
+/// the system ones, and the extra custom ones of the knob.
+async fn properties(
+    State(shared): State<Arc<Shared>>,
+    Path(object): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    *lock(&shared.calls).entry("properties").or_default() += 1;
+    let correlation_id = correlation_id(&shared);
+    if !authorized(&shared, &headers) {
+        return unauthorized(&correlation_id).1;
+    }
+    let Ok(object) = object.parse::<ObjectType>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "Unknown object type",
+            &correlation_id,
+        )
+        .1;
+    };
+    let mut names: std::collections::BTreeSet<String> = [
+        "hs_object_id",
+        object.modified_property(),
+        object.created_property(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    names.extend(object.default_properties().iter().map(|s| (*s).to_owned()));
+    for r in lock(&shared.store).records(object.as_str()) {
+        names.extend(r.properties.keys().cloned());
+    }
+    let extra = lock(&shared.knobs).extra_properties;
+    names.extend((1..=extra).map(|i| format!("custom_property_{i:03}")));
+    let results: Vec<Value> = names
+        .into_iter()
+        .map(|name| json!({ "name": name, "label": name, "type": "string", "fieldType": "text" }))
+        .collect();
+    axum::Json(json!({ "results": results })).into_response()
+}
+
+/// `POST /crm/v3/objects/{object}/batch/read`: the current versions (batch read reads
+/// the records, not the lagging search index), at most 100 ids a call.
+async fn batch_read(
+    State(shared): State<Arc<Shared>>,
+    Path(object): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    *lock(&shared.calls).entry("batch_read").or_default() += 1;
+    let correlation_id = correlation_id(&shared);
+    if !authorized(&shared, &headers) {
+        return unauthorized(&correlation_id).1;
+    }
+    #[derive(serde::Deserialize)]
+    struct Input {
+        id: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        #[serde(default)]
+        properties: Vec<String>,
+        inputs: Vec<Input>,
+    }
+    let bad = |message: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            message,
+            &correlation_id,
+        )
+        .1
+    };
+    let Ok(object) = object.parse::<ObjectType>() else {
+        return bad("Unknown object type");
+    };
+    let request: Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(&format!("Invalid input JSON: {e}")),
+    };
+    if request.inputs.len() > 100 {
+        return bad("Batch read takes at most 100 inputs");
+    }
+    let store = lock(&shared.store);
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    for input in &request.inputs {
+        match input
+            .id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| store.get(object.as_str(), id))
+        {
+            Some(r) => results.push(Store::to_json(&object, r, &request.properties)),
+            None => missing.push(input.id.clone()),
+        }
+    }
+    drop(store);
+    let mut body = json!({ "status": "COMPLETE", "results": results });
+    let status = if missing.is_empty() {
+        StatusCode::OK
+    } else {
+        body["errors"] = json!([{ "status": "error", "category": "OBJECT_NOT_FOUND",
+            "message": "Could not get some records", "context": { "ids": missing } }]);
+        StatusCode::MULTI_STATUS
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 fn apply_mutations(shared: &Shared, n: u64) {
