@@ -396,15 +396,16 @@ fn answer_search(
         }
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let category = if code == 429 {
-                "RATE_LIMITS"
-            } else {
-                "INTERNAL_ERROR"
-            };
-            let message = if code == 429 {
-                "You have reached your secondly limit."
-            } else {
-                "internal error"
+            // HubSpot's own bodies for these statuses (hubspot-api.md §9).
+            let (category, message) = match code {
+                400 => ("VALIDATION_ERROR", "There was a problem with the request."),
+                403 => (
+                    "MISSING_SCOPES",
+                    "This app hasn't been granted all required scopes to make this call.",
+                ),
+                404 => ("OBJECT_NOT_FOUND", "Object not found."),
+                429 => ("RATE_LIMITS", "You have reached your secondly limit."),
+                _ => ("INTERNAL_ERROR", "Internal error"),
             };
             return error(status, category, message, correlation_id);
         }
