@@ -71,6 +71,9 @@ pub struct RunReport {
     /// 429 answers among the requests.
     pub rate_limited: u64,
     pub error: Option<String>,
+    /// The process's peak resident memory so far, in KiB (Linux only; not stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// A window as printed: RFC 3339 and epoch milliseconds.
@@ -113,6 +116,7 @@ impl RunReport {
             retries: 0,
             rate_limited: 0,
             error: None,
+            peak_rss_kb: None,
         }
     }
 
@@ -123,5 +127,13 @@ impl RunReport {
         self.ended_at = Some(end.to_rfc3339());
         self.duration_ms = Millis::parse_hubspot(&self.started_at).map(|s| end.0 - s.0);
         self.error = error;
+        self.peak_rss_kb = peak_rss_kb();
     }
+}
+
+/// `VmHWM` of `/proc/self/status`: the peak resident set size, in KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

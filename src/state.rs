@@ -564,6 +564,7 @@ impl State {
                         retries: r.get(13)?,
                         error: r.get(14)?,
                         rate_limited: r.get(15)?,
+                        peak_rss_kb: None,
                     })
                 },
             )

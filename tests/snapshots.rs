@@ -17,6 +17,7 @@ fn settings(env: &Env) -> insta::Settings {
     s.add_filter(r"\b1[0-9]{12}\b", "[MS]");
     s.add_filter(r#""durationMs": ?\d+"#, r#""durationMs": "[DURATION]""#);
     s.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
+    s.add_filter(r#""peakRssKb": ?\d+"#, r#""peakRssKb": "[RSS]""#);
     s.add_filter(
         r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
         "[CORRELATION-ID]",
