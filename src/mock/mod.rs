@@ -455,7 +455,7 @@ fn answer_search(
         }
     };
     let ties = lock(&shared.knobs).ties;
-    let store = lock(&shared.store);
+    let mut store = lock(&shared.store);
     let result = {
         let mut rng = lock(&shared.rng);
         store.search(&object, &request, Millis::now(), ties, &mut *rng)

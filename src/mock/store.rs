@@ -67,6 +67,13 @@ impl FakeRecord {
 #[derive(Clone, Debug, Default)]
 pub struct Store {
     objects: BTreeMap<String, BTreeMap<u64, FakeRecord>>,
+    /// Bumped by every change, so cached match lists know when they are stale.
+    generation: u64,
+    /// Until then some modification is not visible to search yet: no caching.
+    lag_until: Millis,
+    /// Keyed-page match lists: ids (ascending) matching a group's filters other than
+    /// the id bounds, by object and filters.
+    keyed: std::collections::HashMap<String, (u64, std::sync::Arc<[u64]>)>,
 }
 
 /// A search request as HubSpot accepts it.
@@ -196,6 +203,7 @@ impl Val {
 impl Store {
     /// Adds or replaces a record of `object`.
     pub fn insert(&mut self, object: &str, record: FakeRecord) {
+        self.generation += 1;
         self.objects
             .entry(object.to_owned())
             .or_default()
@@ -243,6 +251,8 @@ impl Store {
         before.previous = None;
         record.previous = Some(Box::new(before));
         record.indexed_at = now.plus(lag);
+        self.generation += 1;
+        self.lag_until = self.lag_until.max(record.indexed_at);
         record.modified = now.max(Millis(record.modified.0 + 1));
         record.revision += 1;
         record
@@ -253,6 +263,8 @@ impl Store {
 
     /// Lets the search index catch up with every modification.
     pub fn catch_up_index(&mut self) {
+        self.generation += 1;
+        self.lag_until = Millis(0);
         for record in self.objects.values_mut().flat_map(BTreeMap::values_mut) {
             record.indexed_at = Millis(0);
             record.previous = None;
@@ -264,7 +276,7 @@ impl Store {
     /// # Errors
     /// [`Invalid`] where HubSpot answers 400.
     pub fn search(
-        &self,
+        &mut self,
         object: &ObjectType,
         request: &SearchRequest,
         now: Millis,
@@ -306,6 +318,9 @@ impl Store {
             check_filter(filter)?;
         }
 
+        if let Some(result) = self.keyed_page(object, &groups, request, now, after, limit) {
+            return Ok(result);
+        }
         let compiled: Vec<Vec<Compiled<'_>>> = groups
             .iter()
             .map(|g| g.iter().map(Compiled::new).collect())
@@ -351,6 +366,93 @@ impl Store {
             total,
             results,
             next_after,
+        })
+    }
+
+    /// Answers a keyed page (one filter group, id bounds, sorted by id ascending: what
+    /// martech-sync sends) from a cached list of matching ids, so that paging through
+    /// half a million records costs the fake a binary search a page, not a full scan.
+    /// `None` when the request has another shape or the index is lagging.
+    fn keyed_page(
+        &mut self,
+        object: &ObjectType,
+        groups: &[&[Filter]],
+        request: &SearchRequest,
+        now: Millis,
+        after: u64,
+        limit: u64,
+    ) -> Option<SearchResult> {
+        let [group] = groups else {
+            return None;
+        };
+        let by_id = match request.sorts.as_slice() {
+            [] => true,
+            [
+                SortSpec::Object {
+                    property_name,
+                    direction,
+                },
+            ] => property_name == "hs_object_id" && direction.as_deref() != Some("DESCENDING"),
+            [SortSpec::Name(name)] => name == "hs_object_id",
+            _ => false,
+        };
+        if !by_id || now < self.lag_until {
+            return None;
+        }
+        let (mut low, mut high) = (0u64, u64::MAX);
+        let mut key = object.as_str().to_owned();
+        let mut rest = Vec::new();
+        for f in *group {
+            if f.property_name == "hs_object_id" {
+                let v = f.value.as_ref()?;
+                let n: u64 = v.as_str().map_or_else(|| v.as_u64(), |s| s.parse().ok())?;
+                match f.operator.as_str() {
+                    "GT" => low = low.max(n.saturating_add(1)),
+                    "GTE" => low = low.max(n),
+                    "LT" => high = high.min(n.checked_sub(1)?),
+                    "LTE" => high = high.min(n),
+                    _ => return None,
+                }
+            } else {
+                key.push_str(&format!(
+                    "|{}:{}:{:?}:{:?}:{:?}",
+                    f.property_name, f.operator, f.value, f.high_value, f.values
+                ));
+                rest.push(f);
+            }
+        }
+        let generation = self.generation;
+        let ids = match self.keyed.get(&key) {
+            Some((g, ids)) if *g == generation => std::sync::Arc::clone(ids),
+            _ => {
+                let compiled: Vec<Compiled<'_>> = rest.iter().map(|f| Compiled::new(f)).collect();
+                let ids: std::sync::Arc<[u64]> = self
+                    .records(object.as_str())
+                    .filter(|r| compiled.iter().all(|f| f.matches(object, r)))
+                    .map(|r| r.id)
+                    .collect();
+                self.keyed
+                    .insert(key, (generation, std::sync::Arc::clone(&ids)));
+                ids
+            }
+        };
+        let from = ids.partition_point(|id| *id < low);
+        let to = ids.partition_point(|id| *id <= high);
+        let ids = &ids[from..to.max(from)];
+        let total = ids.len() as u64;
+        let start = usize::try_from(after).unwrap_or(usize::MAX).min(ids.len());
+        let end = usize::try_from(after + limit)
+            .unwrap_or(usize::MAX)
+            .min(ids.len());
+        let records = self.objects.get(object.as_str())?;
+        let results = ids[start..end]
+            .iter()
+            .filter_map(|id| records.get(id).cloned())
+            .collect();
+        Some(SearchResult {
+            total,
+            results,
+            next_after: (after + limit < total).then_some(after + limit),
         })
     }
 
@@ -647,7 +749,7 @@ mod tests {
         .unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         let contacts = "contacts".parse().unwrap();
-        let at = |now| {
+        let mut at = |now| {
             s.search(
                 &contacts,
                 &req,
@@ -669,6 +771,41 @@ mod tests {
                 .modified,
             Millis(50_000)
         );
+    }
+
+    #[test]
+    fn keyed_pages_from_the_cache_match_a_full_scan() {
+        let f = |p: &str, op: &str, v: &str| json!({"propertyName": p, "operator": op, "value": v});
+        let bodies = [
+            json!({"filterGroups": [{"filters": [f("lastmodifieddate", "GTE", "1001"), f("lastmodifieddate", "LTE", "1002")]}],
+                   "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}], "limit": 4}),
+            json!({"filterGroups": [{"filters": [f("lastmodifieddate", "GTE", "1000"), f("hs_object_id", "GT", "12"),
+                   f("hs_object_id", "LTE", "27")]}], "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+                   "limit": 5}),
+            json!({"filterGroups": [{"filters": [f("firstname", "EQ", "ada"), f("hs_object_id", "GTE", "29")]}]}),
+            json!({"filterGroups": [{"filters": [f("hs_object_id", "LT", "3")]}], "limit": 1, "after": "1"}),
+        ];
+        let contacts = "contacts".parse().unwrap();
+        for body in bodies {
+            let req: SearchRequest = serde_json::from_value(body.clone()).unwrap();
+            let mut rng = StdRng::seed_from_u64(1);
+            let mut cached = store();
+            let fast = cached
+                .search(&contacts, &req, Millis(0), TieOrder::ById, &mut rng)
+                .unwrap();
+            let mut scanned = store();
+            scanned.lag_until = Millis(i64::MAX);
+            let slow = scanned
+                .search(&contacts, &req, Millis(0), TieOrder::ById, &mut rng)
+                .unwrap();
+            let ids = |r: &SearchResult| r.results.iter().map(|x| x.id).collect::<Vec<_>>();
+            assert_eq!(
+                (fast.total, ids(&fast), fast.next_after),
+                (slow.total, ids(&slow), slow.next_after),
+                "{body}"
+            );
+            assert!(!cached.keyed.is_empty(), "the fast path answered");
+        }
     }
 
     #[test]
