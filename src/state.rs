@@ -378,13 +378,7 @@ impl State {
         report: &RunReport,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO cursors (object, cursor_ms, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (object) DO UPDATE SET cursor_ms = excluded.cursor_ms,
-                                                updated_ms = excluded.updated_ms",
-            params![object.as_str(), cursor.0, Millis::now().0],
-        )?;
-        close_window(&tx, object)?;
+        write_cursor(&tx, object, cursor)?;
         finish_run(&tx, run, report)?;
         tx.commit()?;
         Ok(())
@@ -396,13 +390,7 @@ impl State {
     /// On SQLite errors.
     pub fn set_cursor(&mut self, object: &ObjectType, cursor: Millis) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO cursors (object, cursor_ms, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (object) DO UPDATE SET cursor_ms = excluded.cursor_ms,
-                                                updated_ms = excluded.updated_ms",
-            params![object.as_str(), cursor.0, Millis::now().0],
-        )?;
-        close_window(&tx, object)?;
+        write_cursor(&tx, object, cursor)?;
         tx.commit()?;
         Ok(())
     }
@@ -611,6 +599,17 @@ pub struct Checkpoint {
     pub last_id: Option<RecordId>,
     /// Whether this was the slice's last page.
     pub done: bool,
+}
+
+/// Moves the cursor and closes the open window: the two always go together.
+fn write_cursor(tx: &Transaction<'_>, object: &ObjectType, cursor: Millis) -> Result<()> {
+    tx.execute(
+        "INSERT INTO cursors (object, cursor_ms, updated_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (object) DO UPDATE SET cursor_ms = excluded.cursor_ms,
+                                            updated_ms = excluded.updated_ms",
+        params![object.as_str(), cursor.0, Millis::now().0],
+    )?;
+    close_window(tx, object)
 }
 
 fn close_window(tx: &Transaction<'_>, object: &ObjectType) -> Result<()> {
