@@ -14,7 +14,8 @@
 //! - `hubspot/`: HTTP client (auth, pacing, retries, typed errors), keyed search.
 //! - `sink/`: sqlite, jsonl, exec; an enum.
 //! - `lock`: one runner per (state file, object).
-//! - `mock/`: the local fake HubSpot used by the tests and `demo`.
+//! - `mock/`: the local fake HubSpot used by the tests, `demo` and `mock-hubspot`.
+//! - `webhook/`: HubSpot webhook signatures (v1, v2, v3).
 //! - `object`, `record`, `timestamp`, `token`, `report`: the domain nouns.
 //! - `logging`: tracing setup; `progress`: the terminal progress bar; `exit`: error →
 //!   exit code.
@@ -38,6 +39,7 @@ pub mod sync;
 pub mod timestamp;
 pub mod token;
 pub mod watch;
+pub mod webhook;
 pub mod window;
 
 use anyhow::{Context, Result};
