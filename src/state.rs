@@ -302,7 +302,12 @@ impl State {
             .conn
             .prepare_cached("SELECT modified_ms FROM delivered WHERE object = ?1 AND id = ?2")?;
         let mut fresh = Vec::with_capacity(records.len());
+        let mut seen = std::collections::HashSet::with_capacity(records.len());
         for record in records {
+            // The same record twice in one page (merged records in a batch read).
+            if !seen.insert(record.id) {
+                continue;
+            }
             let have: Option<i64> = stmt
                 .query_row(params![object.as_str(), to_sql(record.id)], |r| r.get(0))
                 .optional()?;
@@ -378,6 +383,17 @@ impl State {
         report: &RunReport,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
+        // The last line of defence for the guarantee: never move the cursor past a slice
+        // that is not done.
+        let (slices, open): (i64, i64) = tx.query_row(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE done = 0) FROM slices WHERE object = ?1",
+            [object.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        anyhow::ensure!(
+            slices > 0 && open == 0,
+            "refusing to commit the window of {object}: {open} of {slices} slices are not done"
+        );
         write_cursor(&tx, object, cursor)?;
         finish_run(&tx, run, report)?;
         tx.commit()?;
@@ -736,6 +752,40 @@ mod tests {
         assert_eq!(ids, [2, 3]);
         let open = state.open_window(&object).unwrap().unwrap();
         assert_eq!(open.slices[0].last_id, Some(RecordId(2)));
+    }
+
+    #[test]
+    fn a_window_with_an_unfinished_slice_does_not_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(&dir.path().join("s.db")).unwrap();
+        let object: ObjectType = "contacts".parse().unwrap();
+        let window = Window {
+            lo: Millis(0),
+            hi: Millis(100),
+        };
+        let mut report = RunReport::start(&object, window, false);
+        let run = state.start_run(&object, &report).unwrap();
+        report.finish(Outcome::Committed, None);
+        let err = state
+            .commit_window(&object, Millis(100), run, &report)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("1 of 1 slices are not done"),
+            "{err}"
+        );
+        assert_eq!(state.cursor(&object).unwrap(), None);
+        let last = Checkpoint {
+            slice: 0,
+            last_id: None,
+            done: true,
+        };
+        state
+            .commit_page(&object, last, &[], RecordsTable::Write)
+            .unwrap();
+        state
+            .commit_window(&object, Millis(100), run, &report)
+            .unwrap();
+        assert_eq!(state.cursor(&object).unwrap(), Some(Millis(100)));
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl Engine {
             && since > c
         {
             tracing::warn!(%object, since = %since, cursor = %c,
-                "--since is after the stored cursor: records modified in between are not scanned");
+                "--since is after the stored cursor: the cursor stays put, so the next run still covers the gap");
         }
         if resumed {
             tracing::info!(%object, lo = %window.lo, hi = %window.hi,
@@ -311,7 +311,14 @@ impl Scan<'_> {
                 () = self.shutdown.wait() => return Ok(Scanned::Interrupted),
             };
             match fetched {
-                None => return Ok(Scanned::Complete),
+                None => {
+                    // Every sender is gone. A fetcher that panicked sent no `Failed`:
+                    // its slice is not done, so the window must not commit.
+                    while let Some(joined) = fetchers.join_next().await {
+                        joined.map_err(|e| anyhow::anyhow!("a page fetcher died: {e}"))?;
+                    }
+                    return Ok(Scanned::Complete);
+                }
                 Some(Fetched::Failed(error)) => return Err(error),
                 Some(Fetched::Page { slice, page }) => {
                     self.confirm(state, slice, &page, report).await?

@@ -158,7 +158,10 @@ pub fn plan(
         Some(c) => c.minus(margins.overlap).max(Millis::BEGINNING),
         None => Millis::BEGINNING,
     });
-    let hi = bounds.until.unwrap_or_else(|| now.minus(margins.settle));
+    // Never past now − settle: a cursor in the future would skip what is modified
+    // between now and then.
+    let settled = now.minus(margins.settle);
+    let hi = bounds.until.map_or(settled, |u| u.min(settled));
     let window = Window { lo, hi };
     if lo > hi {
         Ok(Plan::Empty(window))
@@ -168,9 +171,15 @@ pub fn plan(
 }
 
 /// The cursor after `window` commits: its `hi`, but never earlier than the stored one
-/// (a backfill of an old range must not make the next cron run re-read months).
+/// (a backfill of an old range must not make the next cron run re-read months), and
+/// unchanged when the window starts after the stored cursor (a `--since` later than the
+/// cursor leaves a gap the next run must still cover).
 pub fn next_cursor(stored: Option<Millis>, window: Window) -> Millis {
-    stored.map_or(window.hi, |c| c.max(window.hi))
+    match stored {
+        None => window.hi,
+        Some(c) if window.lo > c => c,
+        Some(c) => c.max(window.hi),
+    }
 }
 
 #[cfg(test)]
@@ -338,9 +347,24 @@ mod tests {
     }
 
     #[test]
-    fn cursor_never_moves_back() {
+    fn cursor_never_moves_back_nor_over_a_gap() {
         assert_eq!(next_cursor(None, w(1, 5)), Millis(5));
         assert_eq!(next_cursor(Some(Millis(3)), w(1, 5)), Millis(5));
         assert_eq!(next_cursor(Some(Millis(9)), w(1, 5)), Millis(9));
+        assert_eq!(
+            next_cursor(Some(Millis(3)), w(4, 9)),
+            Millis(3),
+            "gap between 3 and 4"
+        );
+    }
+
+    #[test]
+    fn until_is_clamped_to_now_minus_settle() {
+        let bounds = Bounds {
+            since: Some(Millis(0)),
+            until: Some(Millis(10 * MIN)),
+        };
+        let got = plan(None, None, bounds, Millis(MIN), margins()).unwrap();
+        assert_eq!(got, Plan::Fresh(w(0, MIN - 30_000)));
     }
 }

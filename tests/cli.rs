@@ -262,6 +262,22 @@ async fn cursor_show_set_and_reset() {
     assert_eq!(rerun["seen"], 51);
     assert_eq!(rerun["delivered"], 0);
 
+    // A backfill that starts after the cursor leaves a gap: the cursor stays put.
+    env.cmd(&["cursor", "set", "contacts", "2024-01-01T00:00:10Z"])
+        .run()
+        .await
+        .success();
+    env.poll(&["--since", "2024-01-01T00:01:00Z"])
+        .run()
+        .await
+        .success();
+    let kept = env
+        .cmd(&["cursor", "show", "contacts"])
+        .run()
+        .await
+        .success();
+    assert_eq!(kept.stdout.trim(), "2024-01-01T00:00:10.000Z");
+
     // Without a terminal, reset wants --yes.
     env.cmd(&["cursor", "reset", "contacts"])
         .run()

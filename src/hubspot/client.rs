@@ -106,12 +106,14 @@ impl Client {
         let (response, correlation_id): (SearchResponse, _) = self
             .send(Method::POST, &path, Some(body), Limit::Search)
             .await?;
-        response.into_page(object, after).with_context(|| {
-            format!(
-                "HubSpot sent a search page that cannot be used{}",
-                Correlation(&correlation_id)
-            )
-        })
+        response
+            .into_page(object, after, body.limit())
+            .with_context(|| {
+                format!(
+                    "HubSpot sent a search page that cannot be used{}",
+                    Correlation(&correlation_id)
+                )
+            })
     }
 
     /// The largest id search shows in `body` (a [`SearchBody::largest_id`]), if any.
@@ -176,11 +178,9 @@ impl Client {
             let wait = self
                 .retry
                 .delay(attempt, cause, error.retry_after(), rand::random());
-            if matches!(cause, RetryCause::RateLimited | RetryCause::BurstLimited) {
+            let limited = matches!(cause, RetryCause::RateLimited | RetryCause::BurstLimited);
+            if limited {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                let until = Instant::now() + wait;
-                let mut cooldown = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-                *cooldown = Some(cooldown.map_or(until, |c| c.max(until)));
             }
             if attempt >= self.retry.max_attempts {
                 return Err(anyhow::Error::new(error)
@@ -191,6 +191,11 @@ impl Client {
                     "giving up on {path}: the retry budget of {} would run out",
                     humantime::format_duration(self.retry.budget)
                 )));
+            }
+            if limited {
+                let until = Instant::now() + wait;
+                let mut cooldown = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+                *cooldown = Some(cooldown.map_or(until, |c| c.max(until)));
             }
             tracing::warn!(
                 attempt,
@@ -239,9 +244,10 @@ impl Client {
         let correlation_id = header("x-hubspot-correlation-id");
         let content_type =
             header(CONTENT_TYPE.as_str()).unwrap_or_else(|| "no content type".into());
+        // Capped at a day (HubSpot's 477 says "up to 24 hours"); the retry budget decides.
         let retry_after = header(RETRY_AFTER.as_str())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|secs| Duration::from_secs(secs.min(86_400)));
         let bytes = response.bytes().await.map_err(transport)?;
         if !status.is_success() {
             let body = serde_json::from_slice::<ErrorBody>(&bytes)

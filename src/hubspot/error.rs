@@ -78,9 +78,10 @@ impl ApiError {
                     RetryCause::RateLimited
                 })
             }
-            // 423 locked, 477 migration; 5xx except the ones HubSpot says need support.
+            // 408 timeout, 423 locked, 477 migration; 5xx except the ones HubSpot says
+            // need support.
             ApiError::Status {
-                status: 423 | 477 | 500 | 502 | 503 | 504 | 521 | 523 | 524,
+                status: 408 | 423 | 477 | 500 | 502 | 503 | 504 | 521 | 523 | 524,
                 ..
             } => Some(RetryCause::ServerError),
             ApiError::Status { .. } | ApiError::Malformed { .. } => None,

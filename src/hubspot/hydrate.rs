@@ -4,9 +4,9 @@
 //! ids only, and `POST /crm/v3/objects/{object}/batch/read` (≤ 100 ids a call) returns
 //! the values.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,17 @@ struct BatchId {
 #[derive(Deserialize)]
 struct BatchResponse {
     results: Vec<RawRecord>,
+    /// With 207: what went wrong for some ids.
+    #[serde(default)]
+    errors: Vec<BatchError>,
+}
+
+#[derive(Deserialize)]
+struct BatchError {
+    category: Option<String>,
+    message: Option<String>,
+    #[serde(default)]
+    context: HashMap<String, Vec<String>>,
 }
 
 impl Client {
@@ -60,10 +71,13 @@ impl Client {
     }
 
     /// The current version of every record in `records`, with `properties`, in the same
-    /// order; records HubSpot no longer has (deleted since the search) are left out.
+    /// order; records HubSpot reports as not found (deleted since the search) are left
+    /// out.
     ///
     /// # Errors
-    /// As [`Client::search`], or a result that lacks its id or modified time.
+    /// As [`Client::search`]; a result that lacks its id or modified time; any other
+    /// per-record error, or a record neither returned nor reported missing: leaving such
+    /// a record out would lose it, since paging moves on.
     pub async fn hydrate(
         &self,
         object: &ObjectType,
@@ -72,6 +86,7 @@ impl Client {
     ) -> Result<Vec<Record>> {
         let path = format!("/crm/v3/objects/{object}/batch/read");
         let mut fetched: HashMap<RecordId, Record> = HashMap::with_capacity(records.len());
+        let mut gone: HashSet<String> = HashSet::new();
         for chunk in records.chunks(BATCH) {
             let body = BatchRead {
                 properties,
@@ -94,10 +109,28 @@ impl Client {
                 })?;
                 fetched.insert(record.id, record);
             }
+            for error in answer.errors {
+                let category = error.category.as_deref().unwrap_or("unknown");
+                if category != "OBJECT_NOT_FOUND" {
+                    bail!(
+                        "HubSpot's batch read failed for some {object}: {} [{category}]{}",
+                        error.message.as_deref().unwrap_or("no message"),
+                        Correlation(&correlation_id)
+                    );
+                }
+                gone.extend(error.context.into_values().flatten());
+            }
         }
-        let missing = records.len() - fetched.len();
-        if missing > 0 {
-            tracing::debug!(%object, missing, "records gone between search and batch read");
+        for record in &records {
+            if !fetched.contains_key(&record.id) && !gone.contains(&record.id.0.to_string()) {
+                bail!(
+                    "HubSpot's batch read neither returned {object} {} nor said it is gone",
+                    record.id.0
+                );
+            }
+        }
+        if !gone.is_empty() {
+            tracing::debug!(%object, gone = gone.len(), "records deleted between search and batch read");
         }
         Ok(records
             .into_iter()

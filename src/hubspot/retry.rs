@@ -31,8 +31,15 @@ impl RetryPolicy {
         retry_after: Option<Duration>,
         jitter: f64,
     ) -> Duration {
+        let floor = match cause {
+            RetryCause::RateLimited => self.base,
+            RetryCause::BurstLimited => self.base.saturating_mul(10),
+            RetryCause::ServerError | RetryCause::Transport => Duration::ZERO,
+        };
+        // HubSpot's wait wins, but never below our floor: `Retry-After: 0` on a 429
+        // would otherwise hammer the limit.
         if let Some(wait) = retry_after {
-            return wait;
+            return wait.max(floor);
         }
         let exp = self
             .base
@@ -40,11 +47,6 @@ impl RetryPolicy {
             .min(MAX_STEP);
         // Full jitter over the upper half: between exp/2 and exp.
         let jittered = exp.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0);
-        let floor = match cause {
-            RetryCause::RateLimited => self.base,
-            RetryCause::BurstLimited => self.base.saturating_mul(10),
-            RetryCause::ServerError | RetryCause::Transport => Duration::ZERO,
-        };
         jittered.max(floor)
     }
 }
@@ -70,6 +72,7 @@ mod tests {
             (2, RetryCause::RateLimited, None, 0.0, s(1)),
             (1, RetryCause::BurstLimited, None, 0.5, s(10)),
             (2, RetryCause::RateLimited, Some(s(7)), 0.0, s(7)),
+            (1, RetryCause::RateLimited, Some(s(0)), 0.0, s(1)),
             (30, RetryCause::ServerError, None, 1.0, s(60)),
         ];
         for (attempt, cause, after, jitter, want) in cases {

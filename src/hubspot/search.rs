@@ -47,6 +47,11 @@ struct Sort {
 const ID_ONLY: &[String] = &[];
 
 impl<'a> SearchBody<'a> {
+    /// Records asked for.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// The page of `slice` of `window` after `after` (the slice's first page when
     /// `None`). `properties` must already hold the modified property and `hs_object_id`.
     pub fn keyed(
@@ -184,12 +189,16 @@ impl SearchResponse {
     /// Checks every result: a numeric id above `after` and the one before it, and a
     /// parseable modified time.
     ///
+    /// A page as full as `limit` counts as "more follow" even without `paging`: at worst
+    /// one empty page more, never a slice cut short.
+    ///
     /// # Errors
     /// The first result that breaks a rule.
     pub fn into_page(
         self,
         object: &ObjectType,
         after: Option<RecordId>,
+        limit: u32,
     ) -> Result<Page, PageError> {
         let mut previous = after.map_or(0, |id| id.0);
         let mut records = Vec::with_capacity(self.results.len());
@@ -204,7 +213,8 @@ impl SearchResponse {
             previous = record.id.0;
             records.push(record);
         }
-        let more = self.paging.is_some_and(|p| p.next.is_some());
+        let full = limit > 0 && records.len() == limit as usize;
+        let more = self.paging.is_some_and(|p| p.next.is_some()) || full;
         if more && records.is_empty() {
             return Err(PageError::EmptyWithMore);
         }
@@ -296,7 +306,7 @@ mod tests {
 
     fn page(json: &str, after: Option<u64>) -> Result<Page, PageError> {
         let response: SearchResponse = serde_json::from_str(json).unwrap();
-        response.into_page(&contacts(), after.map(RecordId))
+        response.into_page(&contacts(), after.map(RecordId), 200)
     }
 
     #[test]

@@ -42,6 +42,9 @@ impl ExecSink {
             .stdout(std::io::stderr())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group: a Ctrl-C on the terminal stops us after this page
+            // instead of killing the handler halfway through it.
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting handler `{}`", self.command))?;
         let mut stdin = child.stdin.take().expect("stdin is piped");

@@ -1,8 +1,10 @@
 //! The jsonl sink: one record a line to a file (appended) or stdout. A page is confirmed
-//! once its lines are written, flushed and, for a file, fsynced.
+//! once its lines are written, flushed and, for a file, fsynced. A write cut short (a
+//! full disk, `kill -9` mid-write) never leaves half a line for the next page to glue
+//! onto: a failed write is truncated away, and opening cuts a partial last line.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use anyhow::{Context, Result};
 
@@ -32,18 +34,24 @@ impl JsonlSink {
                 out: Out::Stdout(io::stdout()),
                 name: "stdout".into(),
             },
-            JsonlTarget::File(path) => JsonlSink {
-                out: Out::File(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .with_context(|| {
-                            format!("opening {} for the jsonl sink", path.display())
-                        })?,
-                ),
-                name: path.display().to_string(),
-            },
+            JsonlTarget::File(path) => {
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening {} for the jsonl sink", path.display()))?;
+                let cut = cut_partial_line(&mut file)
+                    .with_context(|| format!("repairing the end of {}", path.display()))?;
+                if cut > 0 {
+                    tracing::warn!(file = %path.display(), bytes = cut,
+                        "cut a partial last line left by an interrupted write; that page is delivered again");
+                }
+                JsonlSink {
+                    out: Out::File(file),
+                    name: path.display().to_string(),
+                }
+            }
         })
     }
 
@@ -62,11 +70,60 @@ impl JsonlSink {
                     .with_context(|| format!("writing records to {name}"))?;
             }
             Out::File(file) => {
-                file.write_all(&bytes)
-                    .and_then(|()| file.sync_data())
-                    .with_context(|| format!("writing records to {name}"))?;
+                let before = file.metadata()?.len();
+                let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+                if let Err(e) = written {
+                    // Best effort: the next open cuts a partial line anyway.
+                    let _ = file.set_len(before);
+                    return Err(e).with_context(|| format!("writing records to {name}"));
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// Truncates `file` after its last newline; returns how many bytes were cut.
+fn cut_partial_line(file: &mut File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 8192];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    file.set_len(0)?;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_last_line_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"", b""),
+            (b"{\"id\":\"1\"}\n", b"{\"id\":\"1\"}\n"),
+            (b"{\"id\":\"1\"}\n{\"id\":\"2", b"{\"id\":\"1\"}\n"),
+            (b"{\"id\":", b""),
+        ];
+        for (before, after) in cases {
+            let path = dir.path().join("out.jsonl");
+            std::fs::write(&path, before).unwrap();
+            drop(JsonlSink::open(&JsonlTarget::File(path.clone())).unwrap());
+            assert_eq!(std::fs::read(&path).unwrap(), after);
+        }
     }
 }
