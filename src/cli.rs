@@ -101,6 +101,14 @@ pub enum Command {
     Status(StatusArgs),
     /// Run a poll against a built-in local fake HubSpot: no account needed.
     Demo(DemoArgs),
+    /// Receive HubSpot webhooks (v3 signatures) and hand the records they name to the sink;
+    /// with --poll, also run reconciliation windows in the same process.
+    Serve(ServeArgs),
+    /// Run one reconciliation window by hand: poll OBJECT over the last --lookback.
+    Reconcile(ReconcileArgs),
+    /// Webhook events given up on after repeated failures: list them or queue them again.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
     /// Show, set or reset an object's cursor.
     #[command(subcommand)]
     Cursor(CursorCommand),
@@ -186,6 +194,71 @@ pub struct StatusArgs {
     /// monitoring checks: `status contacts --stale-after 1h`.
     #[arg(long, value_name = "DUR", value_parser = duration)]
     pub stale_after: Option<Duration>,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the URL printed on stdout says which).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// The app's client secret, which HubSpot signs webhooks with.
+    #[arg(long, env = "HUBSPOT_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: String,
+
+    /// The URL HubSpot calls (and signs), when a proxy sits in front
+    /// [default: http://ADDR/webhooks/hubspot].
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Where records go (as for poll).
+    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
+    pub sink: String,
+
+    /// Objects to reconcile with poll windows, comma-separated.
+    #[arg(long, value_name = "OBJECT,...", value_delimiter = ',')]
+    pub poll: Vec<String>,
+
+    /// Seconds between reconciliation windows (also `5m`).
+    #[arg(long, value_name = "SECS", value_parser = seconds, default_value = "300")]
+    pub interval: Duration,
+
+    /// Also accept v1/v2 signatures (no timestamp, so no replay protection).
+    #[arg(long)]
+    pub allow_legacy_signatures: bool,
+}
+
+/// `reconcile OBJECT`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// The object, as for poll.
+    pub object: String,
+
+    /// How far back the window reaches.
+    #[arg(long, value_name = "DUR", default_value = "6h", value_parser = duration)]
+    pub lookback: Duration,
+
+    /// Where records go (as for poll).
+    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
+    pub sink: String,
+
+    /// Print one JSON run summary on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dead-letters ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List the webhook events given up on, with their last error.
+    List {
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue every dead event again.
+    Retry,
 }
 
 /// `cursor ...`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use std::io::IsTerminal;
 
-use crate::cli::{Cli, Command, CursorCommand, GlobalArgs, LogFormat};
+use crate::cli::{Cli, Command, CursorCommand, DeadLettersCommand, GlobalArgs, LogFormat};
 use crate::hubspot::{ClientConfig, RetryPolicy};
 use crate::object::ObjectType;
 use crate::progress::ProgressMode;
@@ -51,6 +51,29 @@ pub enum CommandConfig {
     Cursor(CursorConfig),
     Completions(clap_complete::Shell),
     Man,
+    Serve(ServeConfig),
+    DeadLetters(DeadLettersConfig),
+}
+
+/// `serve`.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listen: std::net::SocketAddr,
+    pub secret: String,
+    pub public_url: Option<String>,
+    pub sink: SinkSpec,
+    /// Reconciliation windows, one job per object.
+    pub polls: Vec<PollJob>,
+    pub interval: std::time::Duration,
+    pub accept: crate::webhook::receiver::Accept,
+    pub client: ClientConfig,
+}
+
+/// `dead-letters ...`.
+#[derive(Debug)]
+pub enum DeadLettersConfig {
+    List { json: bool },
+    Retry,
 }
 
 /// `cursor ...`.
@@ -230,6 +253,75 @@ impl Config {
                     redeliver: *redeliver,
                 })
             }
+            Command::Serve(args) => {
+                if args.client_secret.trim().is_empty() {
+                    return Err(usage(
+                        "no client secret: set HUBSPOT_CLIENT_SECRET (or pass --client-secret)",
+                    ));
+                }
+                let sink: SinkSpec = args
+                    .sink
+                    .parse()
+                    .map_err(|e| usage(format!("--sink: {e}")))?;
+                let polls = args
+                    .poll
+                    .iter()
+                    .map(|o| {
+                        parse_object(o.trim()).map(|object| default_job(object, Bounds::default()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(url) = &args.public_url
+                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                {
+                    return Err(usage(format!(
+                        "--public-url `{url}` must start with http:// or https://"
+                    )));
+                }
+                CommandConfig::Serve(ServeConfig {
+                    listen: args.listen,
+                    secret: args.client_secret.clone(),
+                    public_url: args.public_url.clone(),
+                    sink,
+                    polls,
+                    interval: args.interval,
+                    accept: if args.allow_legacy_signatures {
+                        crate::webhook::receiver::Accept::Legacy
+                    } else {
+                        crate::webhook::receiver::Accept::V3
+                    },
+                    client: client_config(global)?,
+                })
+            }
+            Command::Reconcile(args) => {
+                let object = parse_object(&args.object)?;
+                let bounds = Bounds {
+                    since: Some(now.minus(args.lookback)),
+                    until: None,
+                };
+                let sink: SinkSpec = args
+                    .sink
+                    .parse()
+                    .map_err(|e| usage(format!("--sink: {e}")))?;
+                if args.json && sink.uses_stdout() {
+                    return Err(usage(
+                        "--json and --sink jsonl:- both write to stdout; write records to a file",
+                    ));
+                }
+                CommandConfig::Poll(PollConfig {
+                    job: default_job(object, bounds),
+                    sink,
+                    client: client_config(global)?,
+                    json: args.json,
+                    interval: None,
+                    progress: ProgressMode::detect(global.quiet),
+                })
+            }
+            Command::DeadLetters(DeadLettersCommand::List { json }) => {
+                CommandConfig::DeadLetters(DeadLettersConfig::List { json: *json })
+            }
+            Command::DeadLetters(DeadLettersCommand::Retry) => {
+                CommandConfig::DeadLetters(DeadLettersConfig::Retry)
+            }
             Command::Completions(args) => CommandConfig::Completions(args.shell),
             Command::Man => CommandConfig::Man,
             Command::Demo(args) => CommandConfig::Demo(DemoConfig {
@@ -267,6 +359,22 @@ impl Config {
             log,
             command,
         })
+    }
+}
+
+/// A poll job with the documented defaults, for `serve --poll` and `reconcile`.
+fn default_job(object: ObjectType, bounds: Bounds) -> PollJob {
+    PollJob {
+        properties: properties(&object, &[]),
+        object,
+        bounds,
+        margins: Margins {
+            overlap: std::time::Duration::from_secs(300),
+            settle: std::time::Duration::from_secs(30),
+        },
+        page_size: 200,
+        concurrency: 4,
+        all_properties: false,
     }
 }
 

@@ -5,8 +5,8 @@
 //!
 //! # Layout
 //! - `cli`: clap types, no logic; `config`: validated `Config`, every usage error.
-//! - `command/`: one module per subcommand (`poll`, `status`, `cursor`, `demo`, `mock`,
-//!   and `generate` for completions and the man page).
+//! - `command/`: one module per subcommand (`poll` (also `reconcile`), `serve`, `status`,
+//!   `cursor`, `dead_letters`, `demo`, `mock`, and `generate` for completions and man).
 //! - `window`: pure window planning (lo, hi, overlap, settle, resume).
 //! - `sync`: the engine: keyed page → sink → checkpoint → commit.
 //! - `watch`: continuous mode (`--interval`); `shutdown`: SIGINT/SIGTERM handling.
@@ -15,7 +15,7 @@
 //! - `sink/`: sqlite, jsonl, exec; an enum.
 //! - `lock`: one runner per (state file, object).
 //! - `mock/`: the local fake HubSpot used by the tests, `demo` and `mock-hubspot`.
-//! - `webhook/`: HubSpot webhook signatures (v1, v2, v3).
+//! - `webhook/`: the `serve` receiver: signatures, events, the queue, the worker.
 //! - `object`, `record`, `timestamp`, `token`, `report`: the domain nouns.
 //! - `logging`: tracing setup; `progress`: the terminal progress bar; `exit`: error →
 //!   exit code.
@@ -69,6 +69,8 @@ pub fn run(cli: Cli) -> Result<()> {
             CommandConfig::Cursor(cursor) => command::cursor::run(&config.db, cursor),
             CommandConfig::Completions(shell) => command::generate::completions(*shell),
             CommandConfig::Man => command::generate::man(),
+            CommandConfig::Serve(serve) => command::serve::run(&config.db, serve).await,
+            CommandConfig::DeadLetters(dead) => command::dead_letters::run(&config.db, dead),
         }
     })
 }

@@ -4,7 +4,8 @@
 //! open window of an object), `slices` (its id ranges, each with its checkpoint),
 //! `delivered` (the newest version of each
 //! record the sink has confirmed, so overlap re-reads and resumed windows skip it), `runs`
-//! (one row per run) and `records` (the default sqlite sink). The schema version lives in
+//! (one row per run), `records` (the default sqlite sink), `property_names` (the
+//! `--all-properties` cache) and, from schema 2, `webhook_events` (the webhook queue). The schema version lives in
 //! `PRAGMA user_version`; [`MIGRATIONS`] moves an older file forward on open.
 //!
 //! Invariant: a page's checkpoint, its delivered versions and (for the sqlite sink) its
@@ -23,7 +24,8 @@ use crate::timestamp::Millis;
 use crate::window::{OpenWindow, Slice, Window};
 
 /// Schema steps; step `i` moves a file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE cursors (
         object     TEXT PRIMARY KEY,
         cursor_ms  INTEGER NOT NULL,
@@ -86,7 +88,23 @@ const MIGRATIONS: &[&str] = &["
         properties  TEXT NOT NULL,
         PRIMARY KEY (object, id)
     ) WITHOUT ROWID;
-"];
+",
+    "
+    CREATE TABLE webhook_events (
+        key             TEXT PRIMARY KEY,
+        object          TEXT NOT NULL,
+        object_id       INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        occurred_ms     INTEGER NOT NULL,
+        received_ms     INTEGER NOT NULL,
+        state           TEXT NOT NULL DEFAULT 'queued',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX webhook_events_queued ON webhook_events (state, occurred_ms);
+",
+];
 
 /// A run's row in `runs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +164,7 @@ pub enum RecordsTable {
 
 /// An open state file.
 pub struct State {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 impl State {
@@ -652,7 +670,7 @@ fn insert_slices(tx: &Transaction<'_>, object: &ObjectType, slices: &[Slice]) ->
     Ok(())
 }
 
-fn remember_delivered(
+pub(crate) fn remember_delivered(
     tx: &Transaction<'_>,
     object: &ObjectType,
     records: &[&Record],
@@ -668,7 +686,11 @@ fn remember_delivered(
     Ok(())
 }
 
-fn upsert_records(tx: &Transaction<'_>, object: &ObjectType, records: &[&Record]) -> Result<()> {
+pub(crate) fn upsert_records(
+    tx: &Transaction<'_>,
+    object: &ObjectType,
+    records: &[&Record],
+) -> Result<()> {
     // Never replace a newer version with an older one: a resumed window or a webhook may
     // bring an older version after a newer one.
     let mut stmt = tx.prepare_cached(

@@ -75,9 +75,9 @@ impl Finished {
 
 /// The engine with what it works on: a client, the state file and the sink.
 pub struct Engine {
-    client: Client,
-    state: State,
-    sink: Sink,
+    pub(crate) client: Client,
+    pub(crate) state: State,
+    pub(crate) sink: Sink,
     progress: ProgressMode,
 }
 

@@ -7,3 +7,4 @@ mod cli;
 mod engine;
 mod faults;
 mod snapshots;
+mod webhooks;

@@ -10,14 +10,16 @@ use serde_json::json;
 use crate::config::StatusConfig;
 use crate::state::{ObjectStatus, State};
 use crate::timestamp::Millis;
+use crate::webhook::queue::QueueDepth;
 
 /// Prints the status of every object (or one) in the state file `db`.
 ///
 /// # Errors
 /// When the state file cannot be read or stdout written.
 pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
-    let objects: Vec<ObjectStatus> = if db.exists() {
-        State::open(db)?
+    let (objects, webhooks): (Vec<ObjectStatus>, QueueDepth) = if db.exists() {
+        let state = State::open(db)?;
+        let objects = state
             .status()?
             .into_iter()
             .filter(|s| {
@@ -26,12 +28,13 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
                     .as_ref()
                     .is_none_or(|o| o.as_str() == s.object)
             })
-            .collect()
+            .collect();
+        (objects, state.queue_depth()?)
     } else {
-        Vec::new()
+        (Vec::new(), QueueDepth::default())
     };
     let now = Millis::now();
-    print(db, config, &objects, now)?;
+    print(db, config, &objects, webhooks, now)?;
     if let Some(limit) = config.stale_after {
         let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
         let names = |o: &ObjectStatus| o.object.clone();
@@ -68,10 +71,16 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
     Ok(())
 }
 
-fn print(db: &Path, config: &StatusConfig, objects: &[ObjectStatus], now: Millis) -> Result<()> {
+fn print(
+    db: &Path,
+    config: &StatusConfig,
+    objects: &[ObjectStatus],
+    webhooks: QueueDepth,
+    now: Millis,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if config.json {
-        let doc = json!({ "stateFile": db.display().to_string(), "objects": objects });
+        let doc = json!({ "stateFile": db.display().to_string(), "objects": objects, "webhooks": webhooks });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
         return Ok(());
@@ -123,6 +132,13 @@ fn print(db: &Path, config: &StatusConfig, objects: &[ObjectStatus], now: Millis
             out,
             "{:<12} {cursor:<26} {age:>9}  {open:<34} {last}",
             s.object
+        )?;
+    }
+    if webhooks.queued + webhooks.dead > 0 {
+        writeln!(
+            out,
+            "\nWebhook events: {} queued, {} dead (see `martech-sync dead-letters list`)",
+            webhooks.queued, webhooks.dead
         )?;
     }
     Ok(())

@@ -75,25 +75,44 @@ impl Client {
     /// out.
     ///
     /// # Errors
-    /// As [`Client::search`]; a result that lacks its id or modified time; any other
-    /// per-record error, or a record neither returned nor reported missing: leaving such
-    /// a record out would lose it, since paging moves on.
+    /// As [`Client::batch_read`].
     pub async fn hydrate(
         &self,
         object: &ObjectType,
         records: Vec<Record>,
         properties: &[String],
     ) -> Result<Vec<Record>> {
+        let ids: Vec<RecordId> = records.iter().map(|r| r.id).collect();
+        let mut fetched = self.batch_read(object, &ids, properties).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| fetched.remove(&r.id))
+            .collect())
+    }
+
+    /// The current versions of `ids` with `properties`, by batch read (100 a call).
+    /// Records HubSpot reports as not found (deleted) are absent from the map.
+    ///
+    /// # Errors
+    /// As [`Client::search`]; a result that lacks its id or modified time; any other
+    /// per-record error, or a record neither returned nor reported missing: leaving such
+    /// a record out would lose it.
+    pub async fn batch_read(
+        &self,
+        object: &ObjectType,
+        ids: &[RecordId],
+        properties: &[String],
+    ) -> Result<HashMap<RecordId, Record>> {
         let path = format!("/crm/v3/objects/{object}/batch/read");
-        let mut fetched: HashMap<RecordId, Record> = HashMap::with_capacity(records.len());
+        let mut fetched: HashMap<RecordId, Record> = HashMap::with_capacity(ids.len());
         let mut gone: HashSet<String> = HashSet::new();
-        for chunk in records.chunks(BATCH) {
+        for chunk in ids.chunks(BATCH) {
             let body = BatchRead {
                 properties,
                 inputs: chunk
                     .iter()
-                    .map(|r| BatchId {
-                        id: r.id.0.to_string(),
+                    .map(|id| BatchId {
+                        id: id.0.to_string(),
                     })
                     .collect(),
             };
@@ -121,21 +140,18 @@ impl Client {
                 gone.extend(error.context.into_values().flatten());
             }
         }
-        for record in &records {
-            if !fetched.contains_key(&record.id) && !gone.contains(&record.id.0.to_string()) {
+        for id in ids {
+            if !fetched.contains_key(id) && !gone.contains(&id.0.to_string()) {
                 bail!(
                     "HubSpot's batch read neither returned {object} {} nor said it is gone",
-                    record.id.0
+                    id.0
                 );
             }
         }
         if !gone.is_empty() {
-            tracing::debug!(%object, gone = gone.len(), "records deleted between search and batch read");
+            tracing::debug!(%object, gone = gone.len(), "records gone by the time of the batch read");
         }
-        Ok(records
-            .into_iter()
-            .filter_map(|r| fetched.remove(&r.id))
-            .collect())
+        Ok(fetched)
     }
 }
 

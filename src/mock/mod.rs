@@ -97,6 +97,8 @@ pub struct Knobs {
     pub random: RandomFaults,
     /// How long a modification made through the fake stays invisible to search.
     pub lag: Duration,
+    /// Batch reads wait until [`MockHubspot::release`].
+    pub hold_batch_reads: bool,
     /// Extra (empty) custom properties the properties API lists, as real portals have
     /// hundreds.
     pub extra_properties: usize,
@@ -115,6 +117,7 @@ impl Default for Knobs {
             random: RandomFaults::default(),
             lag: Duration::ZERO,
             extra_properties: 0,
+            hold_batch_reads: false,
         }
     }
 }
@@ -239,6 +242,12 @@ impl MockHubspot {
     pub async fn wait_for_searches(&self, n: u64) {
         let mut rx = self.shared.arrived.subscribe();
         let _ = rx.wait_for(|seen| *seen >= n).await;
+    }
+
+    /// Holds every batch read until [`Self::release`].
+    pub fn hold_batch_reads(&self) {
+        self.shared.released.send_replace(false);
+        self.knobs().hold_batch_reads = true;
     }
 
     /// Holds every search request from number `n` on (1-based) until [`Self::release`].
@@ -573,6 +582,10 @@ async fn batch_read(
     body: Bytes,
 ) -> Response {
     *lock(&shared.calls).entry("batch_read").or_default() += 1;
+    if lock(&shared.knobs).hold_batch_reads {
+        let mut released = shared.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+    }
     let correlation_id = correlation_id(&shared);
     if !authorized(&shared, &headers) {
         return unauthorized(&correlation_id).1;

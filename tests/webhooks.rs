@@ -1,0 +1,383 @@
+//! `serve`: signed webhooks in, records out through the sink, once; the poll behind them
+//! for completeness; crash safety of the queue.
+
+use std::time::{Duration, Instant};
+
+use martech_sync::timestamp::Millis;
+use martech_sync::webhook::signature::sign_v3;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Child;
+
+use crate::support::{Env, id_counts};
+
+const SECRET: &str = "app-client-secret-5c1e";
+
+/// A running `serve` and where to reach it.
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    async fn start(env: &Env, extra: &[&str]) -> Serve {
+        let sink = format!("jsonl:{}", env.path("out.jsonl").display());
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--retry-base", "10ms"];
+        if !extra.contains(&"--sink") {
+            args.extend(["--sink", &sink]);
+        }
+        args.extend_from_slice(extra);
+        let mut child = env.cmd(&args).env("HUBSPOT_CLIENT_SECRET", SECRET).spawn();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let line = tokio::io::BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await
+            .unwrap();
+        let Some(base) = line else {
+            let out = child.wait_with_output().await.unwrap();
+            panic!(
+                "serve exited {:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        Serve { child, base }
+    }
+
+    fn hook(&self) -> String {
+        format!("{}/webhooks/hubspot", self.base)
+    }
+
+    /// POSTs `body` signed for `signed_url` with `secret` at `ts`; returns the status and
+    /// how long the answer took.
+    async fn post(&self, body: &str, secret: &str, signed_url: &str, ts: i64) -> (u16, Duration) {
+        let ts = ts.to_string();
+        let signature = sign_v3(secret.as_bytes(), "POST", signed_url, body.as_bytes(), &ts);
+        let started = Instant::now();
+        let response = reqwest::Client::new()
+            .post(self.hook())
+            .header("content-type", "application/json")
+            .header("X-HubSpot-Signature-v3", signature)
+            .header("X-HubSpot-Request-Timestamp", ts)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("serve answers");
+        (response.status().as_u16(), started.elapsed())
+    }
+
+    async fn send(&self, body: &str) -> (u16, Duration) {
+        self.post(body, SECRET, &self.hook(), Millis::now().0).await
+    }
+
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("pid").to_string();
+        let term = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(term.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("serve stops within 10 s of SIGTERM")
+            .unwrap();
+        assert_eq!(status.code(), Some(0));
+    }
+}
+
+fn event(id: u64, kind: &str, occurred: i64, event_id: u64) -> Value {
+    json!({
+        "eventId": event_id, "subscriptionId": 7, "portalId": 62515, "appId": 1,
+        "occurredAt": occurred, "subscriptionType": format!("contact.{kind}"),
+        "attemptNumber": 0, "objectId": id, "changeSource": "CRM",
+    })
+}
+
+/// Waits until `done` holds, checking every 50 ms, for at most `limit`.
+async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tick.tick().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_bodies_and_health_are_checked() {
+    let env = Env::contacts(10).await;
+    let serve = Serve::start(&env, &[]).await;
+    let body = json!([event(1, "creation", Millis::now().0, 1)]).to_string();
+    let now = Millis::now().0;
+
+    assert_eq!(serve.send(&body).await.0, 200);
+    let tampered = body.replace("creation", "deletion");
+    let signature_for = |b: &str| {
+        sign_v3(
+            SECRET.as_bytes(),
+            "POST",
+            &serve.hook(),
+            b.as_bytes(),
+            &now.to_string(),
+        )
+    };
+    let client = reqwest::Client::new();
+    let with = |b: String, sig: String| {
+        client
+            .post(serve.hook())
+            .header("X-HubSpot-Signature-v3", sig)
+            .header("X-HubSpot-Request-Timestamp", now.to_string())
+            .body(b)
+            .send()
+    };
+    assert_eq!(
+        with(tampered, signature_for(&body)).await.unwrap().status(),
+        401,
+        "tampered body"
+    );
+    assert_eq!(
+        serve
+            .post(&body, "wrong-secret", &serve.hook(), now)
+            .await
+            .0,
+        401,
+        "wrong secret"
+    );
+    assert_eq!(
+        serve
+            .post(
+                &body,
+                SECRET,
+                "https://elsewhere.example/webhooks/hubspot",
+                now
+            )
+            .await
+            .0,
+        401,
+        "wrong URL"
+    );
+    assert_eq!(
+        serve
+            .post(&body, SECRET, &serve.hook(), now - 301_000)
+            .await
+            .0,
+        401,
+        "stale"
+    );
+    assert_eq!(
+        serve
+            .post(&body, SECRET, &serve.hook(), now + 301_000)
+            .await
+            .0,
+        401,
+        "future"
+    );
+    let unsigned = client
+        .post(serve.hook())
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401, "missing header");
+    let big = format!("[{}]", " ".repeat(1 << 20));
+    assert_eq!(serve.send(&big).await.0, 413, "over 1 MiB");
+    assert_eq!(serve.send(r#"{"not":"an array"}"#).await.0, 400);
+    let health = client
+        .get(format!("{}/healthz", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_with_duplicates_and_disorder_is_delivered_once_and_fast() {
+    let env = Env::contacts(1_000).await;
+    // A slow sink: the receiver must answer fast all the same.
+    let slow = format!(
+        "exec:sleep 0.05; cat >> {}",
+        env.path("out.jsonl").display()
+    );
+    let serve = Serve::start(&env, &["--sink", &slow]).await;
+    let base = Millis::now().0 - 60_000;
+    let mut events: Vec<Value> = (1..=1_000u64)
+        .flat_map(|id| {
+            let at = base + i64::try_from(id).unwrap();
+            [
+                event(id, "creation", at, id),
+                event(id, "propertyChange", at + 5, 10_000 + id),
+            ]
+        })
+        .collect();
+    events.reverse(); // newest first: out of order
+    let batches: Vec<String> = events
+        .chunks(100)
+        .map(|c| Value::from(c.to_vec()).to_string())
+        .collect();
+    assert_eq!(batches.len(), 20);
+    let mut slowest = Duration::ZERO;
+    // Every batch, then five of them again (HubSpot's retries).
+    for body in batches.iter().chain(batches.iter().step_by(4)) {
+        let (status, took) = serve.send(body).await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest <= Duration::from_secs(1),
+        "slowest answer {slowest:?}"
+    );
+
+    eventually(Duration::from_secs(60), || {
+        id_counts(&env.lines("out.jsonl")).len() == 1_000
+    })
+    .await;
+    let lines = env.lines("out.jsonl");
+    assert_eq!(lines.len(), 1_000, "a record delivered twice");
+    let status = env.status().await;
+    assert_eq!(status["webhooks"]["queued"], 0);
+    assert_eq!(status["webhooks"]["dead"], 0);
+
+    // The poll behind the webhooks finds nothing new.
+    let window = env
+        .cmd(&[
+            "reconcile",
+            "contacts",
+            "--lookback",
+            "4000d",
+            "--json",
+            "--sink",
+            &format!("jsonl:{}", env.path("out.jsonl").display()),
+        ])
+        .run()
+        .await
+        .success()
+        .summary();
+    assert_eq!(window["seen"], 1_000);
+    assert_eq!(window["delivered"], 0);
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_become_tombstones() {
+    let env = Env::contacts(5).await;
+    let serve = Serve::start(&env, &[]).await;
+    let at = Millis::now().0;
+    let body = json!([
+        event(3, "deletion", at, 1),
+        event(4, "propertyChange", at, 2)
+    ])
+    .to_string();
+    assert_eq!(serve.send(&body).await.0, 200);
+    eventually(Duration::from_secs(30), || {
+        env.lines("out.jsonl").len() == 2
+    })
+    .await;
+    let lines = env.lines("out.jsonl");
+    let tombstone = lines
+        .iter()
+        .find(|l| l["id"] == "3")
+        .expect("a tombstone for 3");
+    assert_eq!(tombstone["archived"], true);
+    assert_eq!(tombstone["updatedAt"], Millis(at).to_rfc3339());
+    let four = lines.iter().find(|l| l["id"] == "4").expect("record 4");
+    assert_eq!(four["archived"], false);
+    assert!(
+        four["properties"]["email"]
+            .as_str()
+            .unwrap()
+            .contains("@example.com")
+    );
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_the_200_loses_no_event() {
+    let env = Env::contacts(100).await;
+    env.mock.hold_batch_reads();
+    let mut serve = Serve::start(&env, &[]).await;
+    let at = Millis::now().0;
+    let events: Vec<Value> = (1..=50)
+        .map(|id| event(id, "propertyChange", at, id))
+        .collect();
+    assert_eq!(serve.send(&Value::from(events).to_string()).await.0, 200);
+    // The worker is fetching the records: the batch is answered, not delivered.
+    eventually(Duration::from_secs(30), || {
+        env.mock.calls("batch_read") >= 1
+    })
+    .await;
+    serve.child.kill().await.expect("SIGKILL");
+    assert!(env.lines("out.jsonl").is_empty());
+    env.mock.knobs().hold_batch_reads = false;
+    env.mock.release();
+
+    let serve = Serve::start(&env, &[]).await;
+    eventually(Duration::from_secs(30), || {
+        env.lines("out.jsonl").len() == 50
+    })
+    .await;
+    assert_eq!(id_counts(&env.lines("out.jsonl")).len(), 50);
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_webhook_arrives_with_the_next_reconciliation_window() {
+    let env = Env::contacts(200).await;
+    let serve = Serve::start(&env, &["--poll", "contacts", "--interval", "1"]).await;
+    // The first window delivers everything there is.
+    eventually(Duration::from_secs(30), || {
+        env.lines("out.jsonl").len() == 200
+    })
+    .await;
+    // A change HubSpot never sent a webhook for.
+    env.mock.modify("contacts", [42]);
+    let newest = env
+        .mock
+        .store()
+        .get("contacts", 42)
+        .unwrap()
+        .modified
+        .to_rfc3339();
+    eventually(Duration::from_secs(60), || {
+        env.lines("out.jsonl")
+            .iter()
+            .any(|l| l["id"] == "42" && l["updatedAt"] == newest.as_str())
+    })
+    .await;
+    assert_eq!(env.lines("out.jsonl").len(), 201);
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_parks_events_as_dead_letters() {
+    let env = Env::contacts(20).await;
+    let serve = Serve::start(&env, &["--sink", "exec:echo 'warehouse down' >&2; exit 1"]).await;
+    let at = Millis::now().0;
+    let body = json!([event(1, "creation", at, 1), event(2, "creation", at, 2)]).to_string();
+    assert_eq!(serve.send(&body).await.0, 200);
+    let dead = || async { env.status().await["webhooks"]["dead"].as_u64().unwrap_or(0) };
+    let started = Instant::now();
+    while dead().await < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "events never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serve.stop().await;
+    let list = env.cmd(&["dead-letters", "list"]).run().await.success();
+    assert!(list.stdout.contains("after 5 attempts"), "{}", list.stdout);
+    assert!(list.stdout.contains("warehouse down"), "{}", list.stdout);
+    let retry = env.cmd(&["dead-letters", "retry"]).run().await.success();
+    assert!(
+        retry.stdout.starts_with("2 dead events queued again"),
+        "{}",
+        retry.stdout
+    );
+    assert_eq!(env.status().await["webhooks"]["queued"], 2);
+}
