@@ -71,7 +71,8 @@ impl Serve {
         self.post(body, SECRET, &self.hook(), Millis::now().0).await
     }
 
-    async fn stop(mut self) {
+    /// SIGTERM, then checks the exit code and that no secret was printed.
+    async fn stop(self) {
         let pid = self.child.id().expect("pid").to_string();
         let term = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -79,11 +80,21 @@ impl Serve {
             .await
             .unwrap();
         assert!(term.success());
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let out = tokio::time::timeout(Duration::from_secs(10), self.child.wait_with_output())
             .await
             .expect("serve stops within 10 s of SIGTERM")
             .unwrap();
-        assert_eq!(status.code(), Some(0));
+        assert_eq!(out.status.code(), Some(0));
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!printed.contains(SECRET), "the client secret was printed");
+        assert!(
+            !printed.contains(crate::support::TOKEN),
+            "the token was printed"
+        );
     }
 }
 
