@@ -316,7 +316,8 @@ pub struct MockArgs {
     #[arg(long, value_name = "FILE")]
     pub seed: Option<PathBuf>,
 
-    /// Accept only this Bearer token (default: any).
+    /// Accept only this Bearer token [default: the global --token / HUBSPOT_TOKEN if set,
+    /// so the fake wants the token your polls send; else any].
     #[arg(long = "accept-token", value_name = "TOKEN")]
     pub accept_token: Option<String>,
 

@@ -345,7 +345,11 @@ impl Config {
                     port: args.port,
                     records: args.records,
                     seed: args.seed.clone(),
-                    token: args.accept_token.clone(),
+                    token: args
+                        .accept_token
+                        .clone()
+                        .or_else(|| global.token.clone())
+                        .filter(|t| !t.trim().is_empty()),
                     latency: args.latency,
                     rate_limit: args.limit,
                     lag: args.lag,

@@ -218,6 +218,27 @@ async fn mock_hubspot_serves_a_poll_and_stops_on_sigterm() {
         .unwrap();
     assert!(term.success());
     assert_eq!(mock.wait().await.unwrap().code(), Some(0));
+
+    // Without --accept-token it wants the global --token, the one polls send.
+    let mut mock = env
+        .cmd(&["mock-hubspot", "--records", "10", "--token", "shared-token"])
+        .spawn();
+    let stdout = mock.stdout.take().expect("stdout is piped");
+    let url = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .expect("the base URL line");
+    let poll = |token: &'static str| {
+        env.poll(&[])
+            .env("HUBSPOT_BASE_URL", &url)
+            .env("HUBSPOT_TOKEN", token)
+            .run()
+    };
+    poll("shared-token").await.success();
+    poll("another-token").await.code(1);
+    mock.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
