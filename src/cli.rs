@@ -227,6 +227,11 @@ pub struct ServeArgs {
     /// Also accept v1/v2 signatures (no timestamp, so no replay protection).
     #[arg(long)]
     pub allow_legacy_signatures: bool,
+
+    /// Delivery attempts before webhook events are parked as dead letters; the wait
+    /// starts at --retry-base and grows fourfold, to at most an hour.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dead_after: u32,
 }
 
 /// `reconcile OBJECT`.

@@ -59,7 +59,8 @@ pub enum CommandConfig {
 #[derive(Debug)]
 pub struct ServeConfig {
     pub listen: std::net::SocketAddr,
-    pub secret: String,
+    /// The client secret; a `Token` so that `Debug` never prints it.
+    pub secret: Token,
     pub public_url: Option<String>,
     pub sink: SinkSpec,
     /// Reconciliation windows, one job per object.
@@ -67,6 +68,7 @@ pub struct ServeConfig {
     pub interval: std::time::Duration,
     pub accept: crate::webhook::receiver::Accept,
     pub client: ClientConfig,
+    pub dead_after: u32,
 }
 
 /// `dead-letters ...`.
@@ -279,7 +281,7 @@ impl Config {
                 }
                 CommandConfig::Serve(ServeConfig {
                     listen: args.listen,
-                    secret: args.client_secret.clone(),
+                    secret: Token::new(args.client_secret.clone()),
                     public_url: args.public_url.clone(),
                     sink,
                     polls,
@@ -290,6 +292,7 @@ impl Config {
                         crate::webhook::receiver::Accept::V3
                     },
                     client: client_config(global)?,
+                    dead_after: args.dead_after,
                 })
             }
             Command::Reconcile(args) => {

@@ -188,6 +188,23 @@ impl State {
         Ok(state)
     }
 
+    /// A write transaction that takes the write lock at once. A deferred one that
+    /// reads first fails with SQLITE_BUSY_SNAPSHOT, without waiting, when another
+    /// connection (the webhook receiver) commits in between.
+    pub(crate) fn write(&mut self) -> rusqlite::Result<Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
+    /// How long a write waits for another connection's lock before failing.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        self.conn.busy_timeout(timeout)?;
+        Ok(())
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let version: usize = self
             .conn
@@ -198,7 +215,7 @@ impl State {
             MIGRATIONS.len()
         );
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction()?;
+            let tx = self.write()?;
             tx.execute_batch(step)?;
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
@@ -271,7 +288,7 @@ impl State {
     /// # Errors
     /// On SQLite errors.
     pub fn start_run(&mut self, object: &ObjectType, report: &RunReport) -> Result<RunId> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.execute(
             "UPDATE runs SET outcome = 'interrupted' WHERE object = ?1 AND outcome = 'running'",
             [object.as_str()],
@@ -349,7 +366,7 @@ impl State {
         delivered: &[&Record],
         records_table: RecordsTable,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         remember_delivered(&tx, object, delivered)?;
         if records_table == RecordsTable::Write {
             upsert_records(&tx, object, delivered)?;
@@ -378,7 +395,7 @@ impl State {
     /// # Errors
     /// On SQLite errors; the window then stays one slice.
     pub fn split(&mut self, object: &ObjectType, whole: &Slice, parts: &[Slice]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.execute(
             "UPDATE slices SET upto_id = last_id, done = 1 WHERE object = ?1 AND slice = ?2",
             params![object.as_str(), whole.index],
@@ -400,7 +417,7 @@ impl State {
         run: RunId,
         report: &RunReport,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         // The last line of defence for the guarantee: never move the cursor past a slice
         // that is not done.
         let (slices, open): (i64, i64) = tx.query_row(
@@ -423,7 +440,7 @@ impl State {
     /// # Errors
     /// On SQLite errors.
     pub fn set_cursor(&mut self, object: &ObjectType, cursor: Millis) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         write_cursor(&tx, object, cursor)?;
         tx.commit()?;
         Ok(())
@@ -435,7 +452,7 @@ impl State {
     /// # Errors
     /// On SQLite errors.
     pub fn reset_cursor(&mut self, object: &ObjectType, forget_delivered: bool) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.execute("DELETE FROM cursors WHERE object = ?1", [object.as_str()])?;
         close_window(&tx, object)?;
         if forget_delivered {
@@ -450,7 +467,7 @@ impl State {
     /// # Errors
     /// On SQLite errors.
     pub fn finish_run(&mut self, run: RunId, report: &RunReport) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         finish_run(&tx, run, report)?;
         tx.commit()?;
         Ok(())

@@ -275,35 +275,48 @@ async fn a_burst_with_duplicates_and_disorder_is_delivered_once_and_fast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deletions_become_tombstones() {
+async fn deletions_become_tombstones_and_the_latest_event_decides() {
     let env = Env::contacts(5).await;
     let serve = Serve::start(&env, &[]).await;
     let at = Millis::now().0;
     let body = json!([
         event(3, "deletion", at, 1),
-        event(4, "propertyChange", at, 2)
+        event(4, "propertyChange", at, 2),
+        // Deleted, then restored: the record is alive.
+        event(5, "deletion", at, 3),
+        event(5, "restore", at + 1, 4),
+        // A change HubSpot has no record for any more: gone, so a tombstone.
+        event(999, "propertyChange", at, 5),
     ])
     .to_string();
     assert_eq!(serve.send(&body).await.0, 200);
     eventually(Duration::from_secs(30), || {
-        env.lines("out.jsonl").len() == 2
+        env.lines("out.jsonl").len() == 4
     })
     .await;
     let lines = env.lines("out.jsonl");
-    let tombstone = lines
-        .iter()
-        .find(|l| l["id"] == "3")
-        .expect("a tombstone for 3");
-    assert_eq!(tombstone["archived"], true);
-    assert_eq!(tombstone["updatedAt"], Millis(at).to_rfc3339());
-    let four = lines.iter().find(|l| l["id"] == "4").expect("record 4");
-    assert_eq!(four["archived"], false);
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("record {id}"))
+            .clone()
+    };
+    assert_eq!(line("3")["archived"], true);
+    assert_eq!(line("3")["updatedAt"], Millis(at).to_rfc3339());
+    assert_eq!(line("4")["archived"], false);
     assert!(
-        four["properties"]["email"]
+        line("4")["properties"]["email"]
             .as_str()
             .unwrap()
             .contains("@example.com")
     );
+    assert_eq!(
+        line("5")["archived"],
+        false,
+        "the restore came after the deletion"
+    );
+    assert_eq!(line("999")["archived"], true);
     serve.stop().await;
 }
 
@@ -367,7 +380,16 @@ async fn a_missed_webhook_arrives_with_the_next_reconciliation_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sink_parks_events_as_dead_letters() {
     let env = Env::contacts(20).await;
-    let serve = Serve::start(&env, &["--sink", "exec:echo 'warehouse down' >&2; exit 1"]).await;
+    let serve = Serve::start(
+        &env,
+        &[
+            "--sink",
+            "exec:echo 'warehouse down' >&2; exit 1",
+            "--dead-after",
+            "5",
+        ],
+    )
+    .await;
     let at = Millis::now().0;
     let body = json!([event(1, "creation", at, 1), event(2, "creation", at, 2)]).to_string();
     assert_eq!(serve.send(&body).await.0, 200);

@@ -27,6 +27,44 @@ use crate::timestamp::Millis;
 use crate::webhook::receiver::{Receiver, router};
 use crate::webhook::worker;
 
+/// How long the worker drains before the loop looks at the reconciliation tick again.
+const DRAIN_BUDGET: Duration = Duration::from_secs(5);
+/// Done events are kept this long to recognise HubSpot's redeliveries (it retries for a
+/// day), then pruned.
+const KEEP_DONE: Duration = Duration::from_secs(3 * 86_400);
+
+/// Delivers due events, a batch at a time, for at most [`DRAIN_BUDGET`]; a signal stops
+/// it between batches. State file errors are logged and retried on the next turn.
+///
+/// # Errors
+/// A refused token.
+async fn drain(
+    engine: &mut Engine,
+    properties: &dyn Fn(&ObjectType) -> Vec<String>,
+    retry: worker::Retry,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    while !shutdown.requested() && started.elapsed() < DRAIN_BUDGET {
+        match worker::drain_once(engine, properties, retry).await {
+            Ok(pass) if pass.events == 0 || pass.failed == pass.events => break,
+            Ok(_) => {}
+            Err(error) if is_auth_failure(&error) => return Err(error),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "webhook worker failed; retrying");
+                break;
+            }
+        }
+    }
+    if let Err(error) = engine
+        .state
+        .prune_done_events(Millis::now().minus(KEEP_DONE))
+    {
+        tracing::warn!(error = %format!("{error:#}"), "could not prune old webhook events");
+    }
+    Ok(())
+}
+
 /// Runs the receiver and the worker until a signal.
 ///
 /// # Errors
@@ -48,9 +86,12 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{addr}/webhooks/hubspot"));
     let queued = Arc::new(Notify::new());
+    let receiver_state = State::open(db)?;
+    // Better a quick 503 (HubSpot retries) than an answer after its 5-second timeout.
+    receiver_state.set_busy_timeout(Duration::from_secs(2))?;
     let receiver = Arc::new(Receiver {
-        state: Mutex::new(State::open(db)?),
-        secret: config.secret.as_bytes().to_vec(),
+        state: Mutex::new(receiver_state),
+        secret: config.secret.expose().as_bytes().to_vec(),
         public_url: public_url.clone(),
         accept: config.accept,
         queued: Arc::clone(&queued),
@@ -80,33 +121,31 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
             .map(|s| (*s).to_owned())
             .collect()
     };
+    let retry = worker::Retry {
+        base: config.client.retry.base,
+        dead_after: config.dead_after,
+    };
     loop {
         tokio::select! {
             () = queued.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = reconcile.tick(), if polling => {
                 for job in &config.polls {
-                    let finished = engine.poll(job, Millis::now(), &shutdown).await?;
-                    if let Some(error) = finished.error {
-                        if is_auth_failure(&error) {
-                            return Err(error);
-                        }
-                        tracing::error!(object = %job.object, error = %format!("{error:#}"),
-                            "reconciliation window failed; the next tick retries it");
+                    match engine.poll(job, Millis::now(), &shutdown).await {
+                        Ok(finished) => match finished.error {
+                            Some(error) if is_auth_failure(&error) => return Err(error),
+                            Some(error) => tracing::error!(object = %job.object, error = %format!("{error:#}"),
+                                "reconciliation window failed; the next tick retries it"),
+                            None => {}
+                        },
+                        Err(error) => tracing::error!(object = %job.object, error = %format!("{error:#}"),
+                            "reconciliation window could not run; the next tick retries it"),
                     }
                 }
             }
             () = shutdown.wait() => break,
         }
-        // Drain what is due, a batch at a time; a signal stops between batches.
-        while !shutdown.requested() {
-            // The first backoff step after a failed delivery is --retry-base (doubling).
-            let pass =
-                worker::drain_once(&mut engine, &properties, config.client.retry.base).await?;
-            if pass.events == 0 || pass.failed == pass.events {
-                break;
-            }
-        }
+        drain(&mut engine, &properties, retry, &shutdown).await?;
     }
     server
         .await

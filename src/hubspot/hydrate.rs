@@ -83,7 +83,9 @@ impl Client {
         properties: &[String],
     ) -> Result<Vec<Record>> {
         let ids: Vec<RecordId> = records.iter().map(|r| r.id).collect();
-        let mut fetched = self.batch_read(object, &ids, properties).await?;
+        let mut fetched = self
+            .batch_read(object, &ids, properties, Unaccounted::Fail)
+            .await?;
         Ok(records
             .into_iter()
             .filter_map(|r| fetched.remove(&r.id))
@@ -91,17 +93,19 @@ impl Client {
     }
 
     /// The current versions of `ids` with `properties`, by batch read (100 a call).
-    /// Records HubSpot reports as not found (deleted) are absent from the map.
+    /// Records HubSpot reports as not found (deleted) are absent from the map, and so,
+    /// with [`Unaccounted::Gone`], are records it neither returns nor reports.
     ///
     /// # Errors
     /// As [`Client::search`]; a result that lacks its id or modified time; any other
-    /// per-record error, or a record neither returned nor reported missing: leaving such
-    /// a record out would lose it.
+    /// per-record error; with [`Unaccounted::Fail`], a record neither returned nor
+    /// reported missing.
     pub async fn batch_read(
         &self,
         object: &ObjectType,
         ids: &[RecordId],
         properties: &[String],
+        unaccounted: Unaccounted,
     ) -> Result<HashMap<RecordId, Record>> {
         let path = format!("/crm/v3/objects/{object}/batch/read");
         let mut fetched: HashMap<RecordId, Record> = HashMap::with_capacity(ids.len());
@@ -141,7 +145,10 @@ impl Client {
             }
         }
         for id in ids {
-            if !fetched.contains_key(id) && !gone.contains(&id.0.to_string()) {
+            if unaccounted == Unaccounted::Fail
+                && !fetched.contains_key(id)
+                && !gone.contains(&id.0.to_string())
+            {
                 bail!(
                     "HubSpot's batch read neither returned {object} {} nor said it is gone",
                     id.0
@@ -153,6 +160,16 @@ impl Client {
         }
         Ok(fetched)
     }
+}
+
+/// What to make of an id a batch read neither returned nor reported as not found (a
+/// record merged into another, say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unaccounted {
+    /// Fail: the id came from a search page, and paging moves on past it.
+    Fail,
+    /// Treat it as gone: a webhook named it, and the poll stays the source of truth.
+    Gone,
 }
 
 /// The property list of `--all-properties` for the search itself: just what the

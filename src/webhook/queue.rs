@@ -45,7 +45,7 @@ impl State {
     /// # Errors
     /// On SQLite errors; then nothing was queued.
     pub fn enqueue(&mut self, events: &[Event], now: Millis) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let mut new = 0;
         {
             let mut stmt = tx.prepare_cached(
@@ -115,7 +115,7 @@ impl State {
         records_table: RecordsTable,
         keys: &[String],
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         remember_delivered(&tx, object, delivered)?;
         if records_table == RecordsTable::Write {
             upsert_records(&tx, object, delivered)?;
@@ -143,7 +143,7 @@ impl State {
         retry_at: Millis,
         max_attempts: u32,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE webhook_events SET attempts = attempts + 1, last_error = ?2, next_attempt_ms = ?3,
@@ -156,6 +156,17 @@ impl State {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Forgets done events received before `before`.
+    ///
+    /// # Errors
+    /// On SQLite errors.
+    pub fn prune_done_events(&mut self, before: Millis) -> Result<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM webhook_events WHERE state = 'done' AND received_ms < ?1",
+            [before.0],
+        )?)
     }
 
     /// Queues every dead event again; returns how many.

@@ -90,13 +90,20 @@ async fn receive(
             return (StatusCode::BAD_REQUEST, "not a JSON array of events\n");
         }
     };
+    let count = events.len();
+    // SQLite blocks; off the async workers, so a slow disk never stalls other requests.
     let queued = {
-        let mut state = r.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.enqueue(&events, now)
+        let r = Arc::clone(&r);
+        tokio::task::spawn_blocking(move || {
+            let mut state = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.enqueue(&events, now)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the queue writer died: {e}")))
     };
     match queued {
         Ok(new) => {
-            tracing::debug!(events = events.len(), new, "webhook accepted");
+            tracing::debug!(events = count, new, "webhook accepted");
             if new > 0 {
                 r.queued.notify_one();
             }

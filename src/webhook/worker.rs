@@ -1,8 +1,10 @@
 //! The webhook worker: takes queued events in `occurredAt` order, fetches the current
 //! versions of the records they name by batch read (search would lag), hands new
 //! versions to the sink through the same delivered-versions table as the poll, and marks
-//! the events done in the same transaction. Deletions become tombstones. A failing batch
-//! is retried with backoff; after `MAX_ATTEMPTS` its events are parked as dead.
+//! the events done in the same transaction. For each record the latest event decides:
+//! a deletion, or a change whose record is gone, becomes a tombstone. A failing batch is
+//! retried with backoff (×4 an attempt, at most an hour); after `dead_after` attempts its
+//! events are parked as dead letters.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,15 +14,33 @@ use anyhow::Result;
 use super::event::EventKind;
 use super::queue::{Queued, tombstone};
 use crate::hubspot::error::is_auth_failure;
+use crate::hubspot::hydrate::Unaccounted;
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
 use crate::sync::Engine;
 use crate::timestamp::Millis;
 
-/// Attempts before an event is parked as dead.
-pub const MAX_ATTEMPTS: u32 = 5;
 /// Events taken at a time (HubSpot's batch read takes 100 ids).
 const BATCH: usize = 100;
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
+
+/// How the worker retries.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    /// The first wait; four times longer each attempt.
+    pub base: Duration,
+    /// Attempts before events are parked as dead.
+    pub dead_after: u32,
+}
+
+impl Retry {
+    /// The wait after failed attempt `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 4u32.saturating_pow(attempt.saturating_sub(1).min(15));
+        self.base.saturating_mul(factor).min(MAX_BACKOFF)
+    }
+}
 
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,7 +58,7 @@ pub struct Pass {
 pub async fn drain_once(
     engine: &mut Engine,
     properties: &dyn Fn(&ObjectType) -> Vec<String>,
-    base: Duration,
+    retry: Retry,
 ) -> Result<Pass> {
     let due = engine.state.due_events(Millis::now(), BATCH)?;
     let mut pass = Pass {
@@ -67,15 +87,16 @@ pub async fn drain_once(
             Err(e) if is_auth_failure(&e) => return Err(e),
             Err(e) => {
                 let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
-                let wait = base.saturating_mul(1 << attempts.min(10));
+                let wait = retry.backoff(attempts);
                 let error = format!("{e:#}");
-                tracing::warn!(%object, events = keys.len(), attempts, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                tracing::warn!(%object, events = keys.len(), attempts,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     error = %error, "webhook delivery failed; retrying later");
                 engine.state.events_failed(
                     &keys,
                     &error,
                     Millis::now().plus(wait),
-                    MAX_ATTEMPTS,
+                    retry.dead_after,
                 )?;
                 pass.failed += keys.len();
             }
@@ -91,34 +112,31 @@ async fn deliver(
     events: &[Queued],
     properties: &[String],
 ) -> Result<usize> {
-    let mut changed: Vec<RecordId> = Vec::new();
-    let mut deleted: BTreeMap<RecordId, Millis> = BTreeMap::new();
+    // The latest event of each record decides (events come oldest first).
+    let mut latest: BTreeMap<RecordId, (EventKind, Millis)> = BTreeMap::new();
     for e in events {
-        let id = RecordId(e.id);
-        match e.event_kind() {
-            EventKind::Change => changed.push(id),
-            EventKind::Deletion => {
-                let at = Millis(e.occurred_ms);
-                deleted
-                    .entry(id)
-                    .and_modify(|t| *t = (*t).max(at))
-                    .or_insert(at);
-            }
-        }
+        latest.insert(RecordId(e.id), (e.event_kind(), Millis(e.occurred_ms)));
     }
-    changed.sort_unstable();
-    changed.dedup();
-    changed.retain(|id| !deleted.contains_key(id));
+    let changed: Vec<RecordId> = latest
+        .iter()
+        .filter(|(_, (kind, _))| *kind == EventKind::Change)
+        .map(|(id, _)| *id)
+        .collect();
     let mut fetched = if changed.is_empty() {
         Default::default()
     } else {
         engine
             .client
-            .batch_read(object, &changed, properties)
+            .batch_read(object, &changed, properties, Unaccounted::Gone)
             .await?
     };
-    let mut records: Vec<Record> = changed.iter().filter_map(|id| fetched.remove(id)).collect();
-    records.extend(deleted.into_iter().map(|(id, at)| tombstone(id, at)));
+    let records: Vec<Record> = latest
+        .into_iter()
+        .map(|(id, (kind, at))| match kind {
+            EventKind::Change => fetched.remove(&id).unwrap_or_else(|| tombstone(id, at)),
+            EventKind::Deletion => tombstone(id, at),
+        })
+        .collect();
     let fresh = engine.state.undelivered(object, &records)?;
     engine.sink.deliver(object, &fresh).await?;
     let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
@@ -127,4 +145,19 @@ async fn deliver(
         .commit_events(object, &fresh, engine.sink.records_table(), &keys)?;
     tracing::debug!(%object, events = events.len(), delivered = fresh.len(), "webhook events delivered");
     Ok(fresh.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_fourfold_to_an_hour() {
+        let retry = Retry {
+            base: Duration::from_secs(1),
+            dead_after: 10,
+        };
+        let secs: Vec<u64> = (1..=8).map(|a| retry.backoff(a).as_secs()).collect();
+        assert_eq!(secs, [1, 4, 16, 64, 256, 1024, 3600, 3600]);
+    }
 }
