@@ -210,13 +210,7 @@ async fn mock_hubspot_serves_a_poll_and_stops_on_sigterm() {
         .code(1);
     assert!(refused.stderr.contains("401"), "{}", refused.stderr);
 
-    let pid = mock.id().expect("pid").to_string();
-    let term = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(term.success());
+    crate::support::sigterm(&mock).await;
     assert_eq!(mock.wait().await.unwrap().code(), Some(0));
 
     // Without --accept-token it wants the global --token, the one polls send.

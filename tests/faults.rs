@@ -216,13 +216,7 @@ async fn continuous_mode_follows_changes_and_stops_cleanly_on_sigterm() {
         env.mock.modify("contacts", (1..=5).map(|i| round * 40 + i));
     }
     env.mock.wait_for_searches(4).await;
-    let pid = child.id().expect("pid");
-    let term = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(term.success());
+    crate::support::sigterm(&child).await;
     let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
         .await
         .expect("exits within 5 s of SIGTERM")

@@ -73,13 +73,7 @@ impl Serve {
 
     /// SIGTERM, then checks the exit code and that no secret was printed.
     async fn stop(self) {
-        let pid = self.child.id().expect("pid").to_string();
-        let term = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(term.success());
+        crate::support::sigterm(&self.child).await;
         let out = tokio::time::timeout(Duration::from_secs(10), self.child.wait_with_output())
             .await
             .expect("serve stops within 10 s of SIGTERM")

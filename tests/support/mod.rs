@@ -127,6 +127,17 @@ pub fn id_counts(lines: &[Value]) -> BTreeMap<u64, usize> {
     counts
 }
 
+/// Sends SIGTERM to `child` (with kill(1): the tests forbid unsafe code).
+pub async fn sigterm(child: &Child) {
+    let pid = child.id().expect("the child is running").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
 /// A command ready to run.
 #[must_use]
 pub struct Cmd {
