@@ -116,7 +116,7 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout: `martech-sync man > martech-sync.1`.
     Man,
-    /// Serve the local fake HubSpot (CRM search) for developing and testing handlers
+    /// Serve the local fake HubSpot (CRM search, properties, batch read) for developing and testing handlers
     /// without an account. Prints its base URL on stdout, then serves until SIGINT/SIGTERM.
     MockHubspot(MockArgs),
 }

@@ -15,6 +15,11 @@ fn settings(env: &Env) -> insta::Settings {
     s.add_filter(&regex_escape(&dir), "[DIR]");
     s.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", "[TIME]");
     s.add_filter(r"\b1[0-9]{12}\b", "[MS]");
+    s.add_filter(
+        r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}",
+        "[LOCAL TIME]",
+    );
+    s.add_filter(r"\d+\.\d s\)", "[SECONDS] s)");
     s.add_filter(r#""durationMs": ?\d+"#, r#""durationMs": "[DURATION]""#);
     s.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
     s.add_filter(r#""peakRssKb": ?\d+"#, r#""peakRssKb": "[RSS]""#);

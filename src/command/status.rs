@@ -91,12 +91,12 @@ fn print(
     }
     writeln!(
         out,
-        "{:<12} {:<26} {:>9}  {:<34} LAST RUN",
+        "{:<12} {:<25} {:>9}  {:<34} LAST RUN",
         "OBJECT", "CURSOR", "AGE", "OPEN WINDOW"
     )?;
     for s in objects {
         let (cursor, age) = match s.cursor_ms {
-            Some(ms) => (Millis(ms).to_rfc3339(), age(now.0 - ms)),
+            Some(ms) => (local(Millis(ms)), age(now.0 - ms)),
             None => ("never committed".to_owned(), "-".to_owned()),
         };
         let open = s.open_window.as_ref().map_or_else(
@@ -115,11 +115,19 @@ fn print(
             || "-".to_owned(),
             |r| {
                 let mut line = format!(
-                    "{} {} ({} delivered, {} pages)",
+                    "{} {} ({} delivered, {} pages, {})",
                     r.outcome.as_str(),
-                    r.ended_at.as_deref().unwrap_or(&r.started_at),
+                    r.ended_at
+                        .as_deref()
+                        .or(Some(&r.started_at))
+                        .and_then(Millis::parse_hubspot)
+                        .map_or_else(|| "-".to_owned(), local),
                     r.delivered,
-                    r.pages
+                    r.pages,
+                    r.duration_ms.map_or_else(
+                        || "running".to_owned(),
+                        |ms| format!("{:.1} s", ms as f64 / 1000.0)
+                    )
                 );
                 if let Some(e) = &r.error {
                     line.push_str(": ");
@@ -130,7 +138,7 @@ fn print(
         );
         writeln!(
             out,
-            "{:<12} {cursor:<26} {age:>9}  {open:<34} {last}",
+            "{:<12} {cursor:<25} {age:>9}  {open:<34} {last}",
             s.object
         )?;
     }
@@ -142,6 +150,18 @@ fn print(
         )?;
     }
     Ok(())
+}
+
+/// An instant in the machine's local time, as people read the table.
+fn local(t: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(t.0).map_or_else(
+        || t.to_string(),
+        |utc| {
+            utc.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S%:z")
+                .to_string()
+        },
+    )
 }
 
 /// A short age: `42s`, `5m`, `3h`, `2d`.
