@@ -24,7 +24,7 @@ use crate::progress::{Progress, ProgressMode};
 use crate::report::{Outcome, RunReport};
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkSpec};
-use crate::state::{Checkpoint, State};
+use crate::state::{Checkpoint, RunId, State};
 use crate::timestamp::Millis;
 use crate::window::{self, Bounds, Margins, Plan, Slice, Window};
 
@@ -183,25 +183,33 @@ impl Engine {
             Ok(Scanned::Complete) => {
                 report.finish(Outcome::Committed, None);
                 let next = window::next_cursor(cursor, window);
-                state.commit_window(object, next, run, &report)?;
-                tracing::info!(%object, cursor = %next, pages = report.pages, delivered = report.delivered,
-                    skipped = report.skipped, "window committed");
-                Ok(Finished {
-                    report,
-                    error: None,
-                })
-            }
-            Err(error) => {
-                report.finish(Outcome::Failed, Some(format!("{error:#}")));
-                if let Err(e) = state.finish_run(run, &report) {
-                    tracing::warn!(error = %format!("{e:#}"), "could not record the failed run");
+                match state.commit_window(object, next, run, &report) {
+                    Ok(()) => {
+                        tracing::info!(%object, cursor = %next, pages = report.pages,
+                            delivered = report.delivered, skipped = report.skipped, "window committed");
+                        Ok(Finished {
+                            report,
+                            error: None,
+                        })
+                    }
+                    // A refused commit (a slice not done) is a failed run like any other.
+                    Err(error) => Ok(failed(state, run, report, error)),
                 }
-                Ok(Finished {
-                    report,
-                    error: Some(error),
-                })
             }
+            Err(error) => Ok(failed(state, run, report, error)),
         }
+    }
+}
+
+/// Records `run` as failed with `error`; the cursor stays where it was.
+fn failed(state: &mut State, run: RunId, mut report: RunReport, error: anyhow::Error) -> Finished {
+    report.finish(Outcome::Failed, Some(format!("{error:#}")));
+    if let Err(e) = state.finish_run(run, &report) {
+        tracing::warn!(error = %format!("{e:#}"), "could not record the failed run");
+    }
+    Finished {
+        report,
+        error: Some(error),
     }
 }
 
