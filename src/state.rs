@@ -759,8 +759,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn delivered_versions_are_skipped_and_newer_ones_pass() {
+    /// A state file with a fresh window of contacts open, and its run.
+    fn started() -> (tempfile::TempDir, State, ObjectType, RunId, RunReport) {
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::open(&dir.path().join("s.db")).unwrap();
         let object: ObjectType = "contacts".parse().unwrap();
@@ -769,7 +769,13 @@ mod tests {
             hi: Millis(100),
         };
         let report = RunReport::start(&object, window, false);
-        state.start_run(&object, &report).unwrap();
+        let run = state.start_run(&object, &report).unwrap();
+        (dir, state, object, run, report)
+    }
+
+    #[test]
+    fn delivered_versions_are_skipped_and_newer_ones_pass() {
+        let (_dir, mut state, object, _run, _report) = started();
         let first = [record(1, 10), record(2, 10)];
         let fresh = state.undelivered(&object, &first).unwrap();
         assert_eq!(fresh.len(), 2);
@@ -795,15 +801,7 @@ mod tests {
 
     #[test]
     fn a_window_with_an_unfinished_slice_does_not_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state = State::open(&dir.path().join("s.db")).unwrap();
-        let object: ObjectType = "contacts".parse().unwrap();
-        let window = Window {
-            lo: Millis(0),
-            hi: Millis(100),
-        };
-        let mut report = RunReport::start(&object, window, false);
-        let run = state.start_run(&object, &report).unwrap();
+        let (_dir, mut state, object, run, mut report) = started();
         report.finish(Outcome::Committed, None);
         let err = state
             .commit_window(&object, Millis(100), run, &report)

@@ -148,9 +148,9 @@ async fn a_failing_handler_leaves_the_cursor_and_a_rerun_delivers_the_window() {
         if printf '%s' \"$input\" | grep -q '\"id\":\"555\"'; then echo 'cannot load record 555' >&2; exit 3; fi; \
         printf '%s\\n' \"$input\" >> delivered.jsonl";
     let good = "exec:cat >> delivered.jsonl";
-
-    let out = env
-        .cmd(&[
+    // Sequential pages of 100, so the failing page is exactly the sixth.
+    let poll = |sink: &str| {
+        env.cmd(&[
             "poll",
             "contacts",
             "--settle",
@@ -160,11 +160,11 @@ async fn a_failing_handler_leaves_the_cursor_and_a_rerun_delivers_the_window() {
             "--concurrency",
             "1",
             "--sink",
-            failing,
+            sink,
         ])
-        .run()
-        .await
-        .code(1);
+    };
+
+    let out = poll(failing).run().await.code(1);
 
     let line = out.error_line();
     assert!(line.contains("exited with status 3"), "{line}");
@@ -175,21 +175,7 @@ async fn a_failing_handler_leaves_the_cursor_and_a_rerun_delivers_the_window() {
     assert_eq!(status["lastRun"]["outcome"], "failed");
     assert_eq!(env.lines("delivered.jsonl").len(), 500);
 
-    env.cmd(&[
-        "poll",
-        "contacts",
-        "--settle",
-        "0s",
-        "--page-size",
-        "100",
-        "--concurrency",
-        "1",
-        "--sink",
-        good,
-    ])
-    .run()
-    .await
-    .success();
+    poll(good).run().await.success();
 
     let counts = id_counts(&env.lines("delivered.jsonl"));
     assert_eq!(

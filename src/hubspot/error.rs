@@ -65,7 +65,7 @@ pub enum RetryCause {
 }
 
 impl ApiError {
-    /// Whether trying the same request again can succeed, and why.
+    /// Whether trying the same request again can succeed (`Some`), and why.
     pub fn retry_cause(&self) -> Option<RetryCause> {
         match self {
             ApiError::Status {
@@ -87,11 +87,6 @@ impl ApiError {
             ApiError::Status { .. } | ApiError::Malformed { .. } => None,
             ApiError::Transport { .. } => Some(RetryCause::Transport),
         }
-    }
-
-    /// Whether trying the same request again can succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.retry_cause().is_some()
     }
 
     /// The wait HubSpot asked for, if it did.
@@ -197,6 +192,7 @@ mod tests {
             (403, "{}", None),
             (404, "{}", None),
             (522, "{}", None),
+            (408, "", Some(RetryCause::ServerError)),
         ];
         for (code, body, want) in cases {
             assert_eq!(status(code, body).retry_cause(), want, "{code} {body}");

@@ -43,8 +43,10 @@ struct Sort {
     direction: &'static str,
 }
 
-/// The largest id in a window: one record, sorted by id descending.
-const ID_ONLY: &[String] = &[];
+/// What the largest-id probe asks for: the id alone (an empty list would bring back
+/// HubSpot's default properties).
+static ID_ONLY: std::sync::LazyLock<[String; 1]> =
+    std::sync::LazyLock::new(|| ["hs_object_id".to_owned()]);
 
 impl<'a> SearchBody<'a> {
     /// Records asked for.
@@ -91,7 +93,7 @@ impl<'a> SearchBody<'a> {
                 property_name: "hs_object_id",
                 direction: "DESCENDING",
             }],
-            properties: ID_ONLY,
+            properties: &*ID_ONLY,
             limit: 1,
         }
     }
