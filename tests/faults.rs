@@ -264,3 +264,24 @@ async fn continuous_mode_exits_1_on_a_refused_token() {
         .code(1);
     assert!(out.stderr.contains("401 Unauthorized"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_ends_a_request_that_keeps_failing() {
+    let env = Env::contacts(300).await;
+    for n in 1..=8 {
+        env.mock.knobs().faults.insert(n, Fault::Status(503));
+    }
+    let out = env
+        .poll(&["--retry-base", "200ms", "--retry-budget", "300ms", "-q"])
+        .run()
+        .await
+        .code(1);
+    let line = out.error_line();
+    assert!(
+        line.contains("the retry budget of 300ms would run out"),
+        "{line}"
+    );
+    assert!(line.contains("503 Service Unavailable"), "{line}");
+    // The second wait (200–400 ms after ~150 ms) no longer fits in 300 ms.
+    assert_eq!(env.mock.searches(), 2);
+}

@@ -202,6 +202,53 @@ async fn signatures_bodies_and_health_are_checked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_signatures_only_with_the_flag() {
+    use sha2::{Digest, Sha256};
+
+    let env = Env::contacts(10).await;
+    let body = json!([event(1, "creation", Millis::now().0, 1)]).to_string();
+    let v1: String = Sha256::digest(format!("{SECRET}{body}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let send_v1 = |serve: &Serve| {
+        reqwest::Client::new()
+            .post(serve.hook())
+            .header("X-HubSpot-Signature", v1.clone())
+            .header("X-HubSpot-Signature-Version", "v1")
+            .body(body.clone())
+            .send()
+    };
+
+    let strict = Serve::start(&env, &[]).await;
+    assert_eq!(
+        send_v1(&strict).await.unwrap().status(),
+        401,
+        "v1 without the flag"
+    );
+    strict.stop().await;
+
+    let legacy = Serve::start(&env, &["--allow-legacy-signatures"]).await;
+    assert_eq!(send_v1(&legacy).await.unwrap().status(), 200);
+    let mut forged = v1.clone();
+    forged.replace_range(..1, if forged.starts_with('0') { "1" } else { "0" });
+    let refused = reqwest::Client::new()
+        .post(legacy.hook())
+        .header("X-HubSpot-Signature", forged)
+        .header("X-HubSpot-Signature-Version", "v1")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "a wrong v1 signature");
+    eventually(Duration::from_secs(30), || {
+        env.lines("out.jsonl").len() == 1
+    })
+    .await;
+    legacy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_with_duplicates_and_disorder_is_delivered_once_and_fast() {
     let env = Env::contacts(1_000).await;
     // A slow sink: the receiver must answer fast all the same.
