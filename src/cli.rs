@@ -104,8 +104,13 @@ pub enum Command {
     /// Receive HubSpot webhooks (v3 signatures) and hand the records they name to the sink;
     /// with --poll, also run reconciliation windows in the same process.
     Serve(ServeArgs),
-    /// Run one reconciliation window by hand: poll OBJECT over the last --lookback.
+    /// Run one reconciliation window by hand: poll OBJECT over the last --lookback
+    /// (moves no cursor).
     Reconcile(ReconcileArgs),
+    /// Prove the copy matches HubSpot: compare HubSpot's live records (read through the
+    /// list endpoint, not search) with what the destination was given. Exit 0: it
+    /// matches; 3: drift found (and not repaired); 1: the check failed.
+    Verify(VerifyArgs),
     /// Webhook events given up on after repeated failures: list them or queue them again.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
@@ -140,6 +145,11 @@ pub struct PollArgs {
     /// stdout), or exec:COMMAND (each page as NDJSON on the command's stdin).
     #[arg(long, value_name = "SPEC", default_value = "sqlite")]
     pub sink: String,
+
+    /// Name the destination instead of deriving it from --sink (its state, cursor and
+    /// delivered versions are kept under this name).
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 
     /// Properties to fetch, comma-separated (default: HubSpot's default set for the
     /// object). The modified-time property and hs_object_id are always fetched.
@@ -178,6 +188,28 @@ pub struct PollArgs {
     /// SIGINT/SIGTERM stop after the page in hand, exit 0.
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub interval: Option<Duration>,
+
+    /// Re-deliver the destination's whole history with this run's properties (needed
+    /// when they grow, e.g. --all-properties added to a filled destination).
+    #[arg(long, conflicts_with_all = ["since", "until"])]
+    pub refresh: bool,
+
+    #[command(flatten)]
+    pub passes: PassArgs,
+}
+
+/// The passes behind a poll window: a late search index and deletions.
+#[derive(Debug, Args)]
+pub struct PassArgs {
+    /// Also scan a trailing window that ends this long before now, for records the search
+    /// index showed later than --settle + --overlap allow (0 turns it off).
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = duration)]
+    pub recheck: Duration,
+
+    /// Read HubSpot's archived records this often and send a tombstone for each deletion
+    /// the destination was not told of (0: every run).
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = duration)]
+    pub deletes_every: Duration,
 }
 
 /// `status [OBJECT]`.
@@ -216,6 +248,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SPEC", default_value = "sqlite")]
     pub sink: String,
 
+    /// Name the destination instead of deriving it from --sink.
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+
+    #[command(flatten)]
+    pub passes: PassArgs,
+
     /// Objects to reconcile with poll windows, comma-separated.
     #[arg(long, value_name = "OBJECT,...", value_delimiter = ',')]
     pub poll: Vec<String>,
@@ -248,9 +287,49 @@ pub struct ReconcileArgs {
     #[arg(long, value_name = "SPEC", default_value = "sqlite")]
     pub sink: String,
 
+    /// Name the destination instead of deriving it from --sink.
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+
     /// Print one JSON run summary on stdout at the end.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `verify OBJECT`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The object, as for poll.
+    pub object: String,
+
+    /// The destination to check, by its sink (as for poll).
+    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
+    pub sink: String,
+
+    /// The destination to check, by name.
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+
+    /// Deliver what is missing or stale (by batch read) and tombstone what HubSpot no
+    /// longer has, through the sink; exit 0 once the copy matches.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// One JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which destination a cursor command acts on, when an object has several.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The destination, by its sink (as for poll).
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Option<String>,
+
+    /// The destination, by name.
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 }
 
 /// `dead-letters ...`.
@@ -270,17 +349,25 @@ pub enum DeadLettersCommand {
 #[derive(Debug, Subcommand)]
 pub enum CursorCommand {
     /// Print the cursor of OBJECT (RFC 3339), or `none`.
-    Show { object: String },
+    Show {
+        object: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Move the cursor of OBJECT to WHEN (RFC 3339, a date, epoch ms or an age such as 7d);
     /// an open window is closed. The next run starts at WHEN minus --overlap.
     Set {
         object: String,
-        #[arg(value_name = "WHEN")]
+        #[arg(value_name = "WHEN", allow_hyphen_values = true)]
         when: String,
+        #[command(flatten)]
+        target: TargetArgs,
     },
-    /// Forget the cursor and open window of OBJECT: the next run covers all history.
+    /// Forget the cursors and open windows of OBJECT: the next run covers all history.
     Reset {
         object: String,
+        #[command(flatten)]
+        target: TargetArgs,
         /// Do not ask (required when stdin is not a terminal).
         #[arg(long)]
         yes: bool,

@@ -6,20 +6,31 @@ use std::path::PathBuf;
 
 use std::io::IsTerminal;
 
-use crate::cli::{Cli, Command, CursorCommand, DeadLettersCommand, GlobalArgs, LogFormat};
+use crate::cli::{
+    Cli, Command, CursorCommand, DeadLettersCommand, GlobalArgs, LogFormat, PollArgs,
+};
+use crate::destination::Destination;
 use crate::hubspot::{ClientConfig, RetryPolicy};
 use crate::object::ObjectType;
 use crate::progress::ProgressMode;
 use crate::sink::SinkSpec;
-use crate::sync::PollJob;
+use crate::state::Pass;
+use crate::sync::{PollJob, Wanted};
 use crate::timestamp::Millis;
 use crate::token::Token;
-use crate::window::{Bounds, Margins};
+use crate::window::{Ask, Bounds, Margins};
 
 /// A usage error: the command line or environment is wrong. Exits 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(String);
+
+impl UsageError {
+    /// A usage error found after validation (it needed the state to tell).
+    pub fn new(message: impl Into<String>) -> UsageError {
+        UsageError(message.into())
+    }
+}
 
 fn usage(message: impl Into<String>) -> UsageError {
     UsageError(message.into())
@@ -53,6 +64,7 @@ pub enum CommandConfig {
     Man,
     Serve(ServeConfig),
     DeadLetters(DeadLettersConfig),
+    Verify(VerifyConfig),
 }
 
 /// `serve`.
@@ -63,6 +75,7 @@ pub struct ServeConfig {
     pub secret: Token,
     pub public_url: Option<String>,
     pub sink: SinkSpec,
+    pub destination: Destination,
     /// Reconciliation windows, one job per object.
     pub polls: Vec<PollJob>,
     pub interval: std::time::Duration,
@@ -78,13 +91,21 @@ pub enum DeadLettersConfig {
     Retry,
 }
 
-/// `cursor ...`.
+/// `cursor ...`: the object, which of its destinations (`None`: the only one there
+/// is), and what to do.
 #[derive(Debug)]
-pub enum CursorConfig {
-    Show(ObjectType),
-    Set(ObjectType, Millis),
+pub struct CursorConfig {
+    pub object: ObjectType,
+    pub target: Option<Destination>,
+    pub op: CursorOp,
+}
+
+/// What a cursor command does.
+#[derive(Debug)]
+pub enum CursorOp {
+    Show,
+    Set(Millis),
     Reset {
-        object: ObjectType,
         /// Ask on the terminal first.
         confirm: bool,
         redeliver: bool,
@@ -115,6 +136,17 @@ pub struct PollConfig {
     /// Continuous mode: a window every this long.
     pub interval: Option<std::time::Duration>,
     pub progress: ProgressMode,
+}
+
+/// `verify`.
+#[derive(Debug)]
+pub struct VerifyConfig {
+    pub object: ObjectType,
+    pub sink: SinkSpec,
+    pub destination: Destination,
+    pub repair: bool,
+    pub json: bool,
+    pub client: ClientConfig,
 }
 
 /// `status`.
@@ -154,124 +186,30 @@ impl Config {
             return Err(usage("--max-attempts must be at least 1"));
         }
         let command = match &cli.command {
-            Command::Poll(args) => {
-                let object = parse_object(&args.object)?;
-                let when = |flag: &str, v: &Option<String>| {
-                    v.as_deref()
-                        .map(|s| {
-                            Millis::parse_user(s, now).ok_or_else(|| {
-                                usage(format!(
-                                    "{flag} `{s}` is not a time: use RFC 3339, a date (2024-01-01), \
-                                     epoch milliseconds or an age (7d, 36h, 90m)"
-                                ))
-                            })
-                        })
-                        .transpose()
-                };
-                let bounds = Bounds {
-                    since: when("--since", &args.since)?,
-                    until: when("--until", &args.until)?,
-                };
-                if let (Some(since), Some(until)) = (bounds.since, bounds.until)
-                    && since > until
-                {
-                    return Err(usage(format!("--since {since} is after --until {until}")));
-                }
-                let sink: SinkSpec = args
-                    .sink
-                    .parse()
-                    .map_err(|e| usage(format!("--sink: {e}")))?;
-                if args.interval.is_some() && (bounds.since.is_some() || bounds.until.is_some()) {
-                    return Err(usage(
-                        "--interval runs windows from the cursor; it does not combine with --since or --until",
-                    ));
-                }
-                if args.json && sink.uses_stdout() {
-                    return Err(usage(
-                        "--json and --sink jsonl:- both write to stdout; write records to a file",
-                    ));
-                }
-                let properties = if args.all_properties {
-                    crate::hubspot::hydrate::lean(&object)
-                } else {
-                    properties(&object, &args.properties)
-                };
-                CommandConfig::Poll(PollConfig {
-                    job: PollJob {
-                        object,
-                        bounds,
-                        margins: Margins {
-                            overlap: args.overlap,
-                            settle: args.settle,
-                        },
-                        properties,
-                        page_size: args.page_size,
-                        concurrency: args.concurrency,
-                        all_properties: args.all_properties,
-                    },
-                    sink,
-                    client: client_config(global)?,
-                    json: args.json,
-                    interval: args.interval,
-                    // A bar redrawn for hours in continuous mode is noise, not progress.
-                    progress: if args.interval.is_some() {
-                        ProgressMode::Hidden
-                    } else {
-                        ProgressMode::detect(global.quiet)
-                    },
-                })
-            }
+            Command::Poll(args) => CommandConfig::Poll(poll(args, global, now)?),
             Command::Status(args) => CommandConfig::Status(StatusConfig {
                 object: args.object.as_deref().map(parse_object).transpose()?,
                 json: args.json,
                 stale_after: args.stale_after,
             }),
-            Command::Cursor(CursorCommand::Show { object }) => {
-                CommandConfig::Cursor(CursorConfig::Show(parse_object(object)?))
-            }
-            Command::Cursor(CursorCommand::Set { object, when }) => {
-                let at = Millis::parse_user(when, now).ok_or_else(|| {
-                    usage(format!(
-                        "`{when}` is not a time: use RFC 3339, a date (2024-01-01), epoch milliseconds or an age (7d)"
-                    ))
-                })?;
-                CommandConfig::Cursor(CursorConfig::Set(parse_object(object)?, at))
-            }
-            Command::Cursor(CursorCommand::Reset {
-                object,
-                yes,
-                redeliver,
-            }) => {
-                let object = parse_object(object)?;
-                let terminal = std::io::stdin().is_terminal();
-                if !yes && !terminal {
-                    return Err(usage(
-                        "cursor reset asks for confirmation; pass --yes when stdin is not a terminal",
-                    ));
-                }
-                CommandConfig::Cursor(CursorConfig::Reset {
-                    object,
-                    confirm: !yes,
-                    redeliver: *redeliver,
-                })
-            }
+            Command::Cursor(command) => CommandConfig::Cursor(cursor(command, now)?),
             Command::Serve(args) => {
                 if args.client_secret.trim().is_empty() {
                     return Err(usage(
                         "no client secret: set HUBSPOT_CLIENT_SECRET (or pass --client-secret)",
                     ));
                 }
-                let sink: SinkSpec = args
-                    .sink
-                    .parse()
-                    .map_err(|e| usage(format!("--sink: {e}")))?;
+                let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
                 let polls = args
                     .poll
                     .iter()
                     .map(|o| {
-                        parse_object(o.trim()).map(|object| default_job(object, Bounds::default()))
+                        let mut job = default_job(parse_object(o.trim())?, &destination);
+                        job.recheck = args.passes.recheck;
+                        job.deletes_every = args.passes.deletes_every;
+                        Ok(job)
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, UsageError>>()?;
                 if let Some(url) = &args.public_url
                     && !(url.starts_with("http://") || url.starts_with("https://"))
                 {
@@ -284,6 +222,7 @@ impl Config {
                     secret: Token::new(args.client_secret.clone()),
                     public_url: args.public_url.clone(),
                     sink,
+                    destination,
                     polls,
                     interval: args.interval,
                     accept: if args.allow_legacy_signatures {
@@ -297,26 +236,40 @@ impl Config {
             }
             Command::Reconcile(args) => {
                 let object = parse_object(&args.object)?;
-                let bounds = Bounds {
-                    since: Some(now.minus(args.lookback)),
-                    until: None,
-                };
-                let sink: SinkSpec = args
-                    .sink
-                    .parse()
-                    .map_err(|e| usage(format!("--sink: {e}")))?;
+                let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
                 if args.json && sink.uses_stdout() {
                     return Err(usage(
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
                     ));
                 }
+                let mut job = default_job(object, &destination);
+                // A side window: it moves no cursor and has no passes behind it.
+                job.pass = Pass::Side;
+                job.ask.bounds.since = Some(now.minus(args.lookback));
+                job.recheck = std::time::Duration::ZERO;
                 CommandConfig::Poll(PollConfig {
-                    job: default_job(object, bounds),
+                    job,
                     sink,
                     client: client_config(global)?,
                     json: args.json,
                     interval: None,
                     progress: ProgressMode::detect(global.quiet),
+                })
+            }
+            Command::Verify(args) => {
+                let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
+                if args.json && sink.uses_stdout() {
+                    return Err(usage(
+                        "--json and --sink jsonl:- both write to stdout; write records to a file",
+                    ));
+                }
+                CommandConfig::Verify(VerifyConfig {
+                    object: parse_object(&args.object)?,
+                    sink,
+                    destination,
+                    repair: args.repair,
+                    json: args.json,
+                    client: client_config(global)?,
                 })
             }
             Command::DeadLetters(DeadLettersCommand::List { json }) => {
@@ -369,19 +322,175 @@ impl Config {
     }
 }
 
-/// A poll job with the documented defaults, for `serve --poll` and `reconcile`.
-fn default_job(object: ObjectType, bounds: Bounds) -> PollJob {
+/// `poll`, validated.
+fn poll(args: &PollArgs, global: &GlobalArgs, now: Millis) -> Result<PollConfig, UsageError> {
+    let object = parse_object(&args.object)?;
+    let bounds = Bounds {
+        since: when("--since", args.since.as_deref(), now)?,
+        until: when("--until", args.until.as_deref(), now)?,
+    };
+    if let (Some(since), Some(until)) = (bounds.since, bounds.until)
+        && since > until
+    {
+        return Err(usage(format!("--since {since} is after --until {until}")));
+    }
+    let settled = now.minus(args.settle);
+    if let Some(since) = bounds.since
+        && since > settled
+    {
+        return Err(usage(format!(
+            "--since {since} is later than now minus --settle ({settled}): there is nothing to sync \
+             after it yet; did you mean an age such as 7d?"
+        )));
+    }
+    let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
+    if args.interval.is_some() && (bounds.since.is_some() || bounds.until.is_some()) {
+        return Err(usage(
+            "--interval runs windows from the cursor; it does not combine with --since or --until",
+        ));
+    }
+    if args.json && sink.uses_stdout() {
+        return Err(usage(
+            "--json and --sink jsonl:- both write to stdout; write records to a file",
+        ));
+    }
+    let wanted = if args.all_properties {
+        Wanted::All
+    } else if args.properties.is_empty() {
+        Wanted::Named(defaults(&object))
+    } else {
+        Wanted::Named(
+            args.properties
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .collect(),
+        )
+    };
+    Ok(PollConfig {
+        job: PollJob {
+            object,
+            destination,
+            pass: Pass::Main,
+            ask: Ask {
+                bounds,
+                refresh: args.refresh,
+            },
+            margins: Margins {
+                overlap: args.overlap,
+                settle: args.settle,
+            },
+            wanted,
+            page_size: args.page_size,
+            concurrency: args.concurrency,
+            recheck: args.passes.recheck,
+            deletes_every: args.passes.deletes_every,
+        },
+        sink,
+        client: client_config(global)?,
+        json: args.json,
+        interval: args.interval,
+        // A bar redrawn for hours in continuous mode is noise, not progress.
+        progress: if args.interval.is_some() {
+            ProgressMode::Hidden
+        } else {
+            ProgressMode::detect(global.quiet)
+        },
+    })
+}
+
+/// `cursor ...`, validated.
+fn cursor(command: &CursorCommand, now: Millis) -> Result<CursorConfig, UsageError> {
+    let (object, target, op) = match command {
+        CursorCommand::Show { object, target } => (object, target, CursorOp::Show),
+        CursorCommand::Set {
+            object,
+            when: at,
+            target,
+        } => {
+            let at = when("WHEN", Some(at), now)?.expect("a value was given");
+            if at > now {
+                return Err(usage(format!(
+                    "cursor set {object} {at}: that is later than now ({now}); the next run would \
+                     skip everything modified until then"
+                )));
+            }
+            (object, target, CursorOp::Set(at))
+        }
+        CursorCommand::Reset {
+            object,
+            target,
+            yes,
+            redeliver,
+        } => {
+            let terminal = std::io::stdin().is_terminal();
+            if !yes && !terminal {
+                return Err(usage(
+                    "cursor reset asks for confirmation; pass --yes when stdin is not a terminal",
+                ));
+            }
+            (
+                object,
+                target,
+                CursorOp::Reset {
+                    confirm: !yes,
+                    redeliver: *redeliver,
+                },
+            )
+        }
+    };
+    let target = match (&target.sink, &target.destination) {
+        (None, None) => None,
+        (None, Some(name)) => Some(Destination::named(name.clone(), String::new())),
+        (Some(spec), name) => Some(sink(spec, name.as_deref())?.1),
+    };
+    Ok(CursorConfig {
+        object: parse_object(object)?,
+        target,
+        op,
+    })
+}
+
+/// A `--since`/`--until`/WHEN value.
+fn when(flag: &str, value: Option<&str>, now: Millis) -> Result<Option<Millis>, UsageError> {
+    value
+        .map(|s| {
+            Millis::parse_user(s, now).ok_or_else(|| {
+                usage(format!(
+                    "{flag} `{s}` is not a time: use RFC 3339, a date (2024-01-01), \
+                     epoch milliseconds or an age (7d, 36h, 90m)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// A `--sink` value and the destination it names (or `--destination` does).
+fn sink(spec: &str, name: Option<&str>) -> Result<(SinkSpec, Destination), UsageError> {
+    let sink: SinkSpec = spec.parse().map_err(|e| usage(format!("--sink: {e}")))?;
+    let sink = sink
+        .absolute()
+        .map_err(|e| usage(format!("--sink {spec}: {e}")))?;
+    let destination = Destination::of(&sink, name).map_err(|e| usage(e.to_string()))?;
+    Ok((sink, destination))
+}
+
+/// A poll job with the documented defaults, for `serve --poll` and `reconcile`: the
+/// properties the destination was last given.
+fn default_job(object: ObjectType, destination: &Destination) -> PollJob {
     PollJob {
-        properties: properties(&object, &[]),
         object,
-        bounds,
+        destination: destination.clone(),
+        pass: Pass::Main,
+        ask: Ask::default(),
         margins: Margins {
             overlap: std::time::Duration::from_secs(300),
             settle: std::time::Duration::from_secs(30),
         },
+        wanted: Wanted::Stored,
         page_size: 200,
         concurrency: 4,
-        all_properties: false,
+        recheck: std::time::Duration::from_secs(3_600),
+        deletes_every: std::time::Duration::from_secs(3_600),
     }
 }
 
@@ -421,27 +530,13 @@ fn client_config(global: &GlobalArgs) -> Result<ClientConfig, UsageError> {
     })
 }
 
-/// The requested properties plus the two the engine needs, without duplicates.
-fn properties(object: &ObjectType, requested: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = if requested.is_empty() {
-        object
-            .default_properties()
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect()
-    } else {
-        requested
-            .iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
-    for needed in [object.modified_property(), "hs_object_id"] {
-        if !out.iter().any(|p| p == needed) {
-            out.push(needed.to_owned());
-        }
-    }
-    out
+/// The object's default properties (HubSpot's default search set).
+fn defaults(object: &ObjectType) -> Vec<String> {
+    object
+        .default_properties()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -513,13 +608,57 @@ mod tests {
     }
 
     #[test]
-    fn properties_always_hold_the_key_and_the_cursor() {
+    fn properties_always_hold_the_key_the_cursor_and_merges() {
         let object: ObjectType = "deals".parse().unwrap();
         assert_eq!(
-            properties(&object, &["amount".into(), "hs_object_id".into()]),
-            ["amount", "hs_object_id", "hs_lastmodifieddate"]
+            crate::sync::with_needed(&object, vec!["amount".into(), "hs_object_id".into()]),
+            [
+                "amount",
+                "hs_object_id",
+                "hs_lastmodifieddate",
+                "hs_merged_object_ids"
+            ]
         );
-        assert!(properties(&object, &[]).contains(&"dealname".to_owned()));
+    }
+
+    #[test]
+    fn times_later_than_now_are_refused() {
+        let cases = [
+            (
+                &["--token", "t", "poll", "contacts", "--since", "2030-01-01"][..],
+                "is later than now minus --settle",
+            ),
+            (
+                &["--token", "t", "poll", "contacts", "--since", "10s"],
+                "is later than now minus --settle",
+            ),
+            (
+                &["cursor", "set", "contacts", "2030-01-01"],
+                "later than now",
+            ),
+            (
+                &["--token", "t", "poll", "contacts", "--destination", "a b"],
+                "--destination `a b`",
+            ),
+            (
+                &[
+                    "--token",
+                    "t",
+                    "poll",
+                    "contacts",
+                    "--sink",
+                    "jsonl:x",
+                    "--destination",
+                    "sqlite",
+                ],
+                "default sink",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = config(args).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        assert!(config(&["--token", "t", "poll", "contacts", "--since", "31s"]).is_ok());
     }
 
     #[test]

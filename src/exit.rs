@@ -1,19 +1,29 @@
-//! Exit codes, a public contract: 0 window committed; 1 failed, cursor unchanged; 2 usage
-//! error; 75 another run of the same object holds the lock (EX_TEMPFAIL, so cron
-//! wrappers can tell "busy" from "broken").
+//! Exit codes, a public contract: 0 window committed; 1 failed, cursor unchanged (a rerun
+//! may fix it); 2 usage error; 3 `verify` found drift it did not repair; 75 another run of
+//! the same sync holds the lock (EX_TEMPFAIL, so cron wrappers can tell "busy" from
+//! "broken"); 78 configuration error no rerun fixes (EX_CONFIG: a missing state
+//! directory, a file that is not a state file, a newer schema).
 
 use std::io::ErrorKind;
 use std::process::ExitCode;
 
+use crate::command::verify::DriftFound;
 use crate::config::UsageError;
-use crate::lock::LockHeld;
+use crate::lock::{LockHeld, NoStateDir};
+use crate::state::sqlite::{NewerSchema, NotAStateFile};
+use crate::sync::NeedsRefresh;
+use crate::window::PlanError;
 
 /// The run failed; the cursor did not move.
 pub const FAILED: u8 = 1;
 /// The command line or environment is wrong.
 pub const USAGE: u8 = 2;
-/// Another run holds the object's lock.
+/// `verify` found drift and did not repair it.
+pub const DRIFT: u8 = 3;
+/// Another run holds the sync's lock.
 pub const LOCKED: u8 = 75;
+/// The configuration is wrong in a way no rerun fixes.
+pub const CONFIG: u8 = 78;
 
 /// Prints `err` once, as one line with its whole chain, and returns its exit code. A
 /// closed stdout (`| head`) prints nothing.
@@ -30,10 +40,15 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
 
 /// The exit code for `err`.
 pub fn code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|e| e.is::<UsageError>()) {
+    let any = |f: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| err.chain().any(f);
+    if any(&|e| e.is::<UsageError>() || e.is::<NeedsRefresh>() || e.is::<PlanError>()) {
         USAGE
-    } else if err.chain().any(|e| e.is::<LockHeld>()) {
+    } else if any(&|e| e.is::<LockHeld>()) {
         LOCKED
+    } else if any(&|e| e.is::<DriftFound>()) {
+        DRIFT
+    } else if any(&|e| e.is::<NotAStateFile>() || e.is::<NewerSchema>() || e.is::<NoStateDir>()) {
+        CONFIG
     } else {
         FAILED
     }

@@ -1,16 +1,23 @@
 //! martech-sync moves HubSpot CRM records into your own system, from cron, as a one-off
 //! backfill or continuously, and never loses one: every record whose last-modified time
 //! falls in a committed window reaches the handler at least once, and an unchanged
-//! version already handed over is not handed over again (DESIGN.md).
+//! version already handed over is not handed over again; deletions, merges and a late
+//! search index reach it too, and `verify` proves the copy matches
+//! (docs/ARCHITECTURE.md).
 //!
 //! # Layout
 //! - `cli`: clap types, no logic; `config`: validated `Config`, every usage error.
 //! - `command/`: one module per subcommand (`poll` (also `reconcile`), `serve`, `status`,
-//!   `cursor`, `dead_letters`, `demo`, `mock`, and `generate` for completions and man).
-//! - `window`: pure window planning (lo, hi, overlap, settle, resume).
-//! - `sync`: the engine: keyed page → sink → checkpoint → commit.
+//!   `cursor`, `verify`, `dead_letters`, `demo`, `mock`, and `generate` for completions
+//!   and man).
+//! - `window`: pure window planning (lo, hi, overlap, settle, resume, recheck).
+//! - `sync`: the engine: keyed page → sink → checkpoint → commit; recheck; deletions.
+//! - `ledger`: pure decisions on what is news to a destination (versions, tombstones,
+//!   merges); `verify`: the pure comparison behind `verify`.
 //! - `watch`: continuous mode (`--interval`); `shutdown`: SIGINT/SIGTERM handling.
-//! - `state`: the SQLite state file (cursors, windows, delivered, runs, records).
+//! - `state/`: the storage interface and its SQLite backend (syncs, windows, ledger,
+//!   runs, records, webhook queue, status).
+//! - `destination`, `properties`: what a sync delivers to and with which properties.
 //! - `hubspot/`: HTTP client (auth, pacing, retries, typed errors), keyed search.
 //! - `sink/`: sqlite, jsonl, exec; an enum.
 //! - `lock`: one runner per (state file, object).
@@ -23,13 +30,16 @@
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod destination;
 pub mod exit;
 pub mod hubspot;
+pub mod ledger;
 pub mod lock;
 pub mod logging;
 pub mod mock;
 pub mod object;
 pub mod progress;
+pub mod properties;
 pub mod record;
 pub mod report;
 pub mod shutdown;
@@ -38,6 +48,7 @@ pub mod state;
 pub mod sync;
 pub mod timestamp;
 pub mod token;
+pub mod verify;
 pub mod watch;
 pub mod webhook;
 pub mod window;
@@ -63,14 +74,15 @@ pub fn run(cli: Cli) -> Result<()> {
     runtime.block_on(async {
         match &config.command {
             CommandConfig::Poll(poll) => command::poll::run(&config.db, poll).await,
-            CommandConfig::Status(status) => command::status::run(&config.db, status),
+            CommandConfig::Status(status) => command::status::run(&config.db, status).await,
             CommandConfig::Demo(demo) => command::demo::run(demo).await,
             CommandConfig::Mock(mock) => command::mock::run(mock).await,
-            CommandConfig::Cursor(cursor) => command::cursor::run(&config.db, cursor),
+            CommandConfig::Cursor(cursor) => command::cursor::run(&config.db, cursor).await,
             CommandConfig::Completions(shell) => command::generate::completions(*shell),
             CommandConfig::Man => command::generate::man(),
             CommandConfig::Serve(serve) => command::serve::run(&config.db, serve).await,
-            CommandConfig::DeadLetters(dead) => command::dead_letters::run(&config.db, dead),
+            CommandConfig::DeadLetters(dead) => command::dead_letters::run(&config.db, dead).await,
+            CommandConfig::Verify(verify) => command::verify::run(&config.db, verify).await,
         }
     })
 }

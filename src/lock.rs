@@ -1,23 +1,39 @@
-//! One runner per (state file, object): an OS file lock next to the state file. The
-//! kernel releases it when the process dies, `kill -9` included, so a crashed run never
-//! leaves a stale lock behind. The holder writes its pid into the file for the message
-//! a second run prints.
+//! One runner per (state file, object, destination): an OS file lock in a directory
+//! beside the state file (`state.db.locks/`, so lock files stay out of the user's way).
+//! The kernel releases it when the process dies, `kill -9` included, so a crashed run
+//! never leaves a stale lock behind. The holder writes its pid into the file for the
+//! message a second run prints. Files and directory are private to the user.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
 
+use crate::destination::Destination;
 use crate::object::ObjectType;
 
 /// Another process holds the lock; the run exits 75 (`EX_TEMPFAIL`).
 #[derive(Debug, thiserror::Error)]
-#[error("another martech-sync run ({holder}) is syncing {object} with {path}; exiting")]
+#[error(
+    "another martech-sync run ({holder}) is syncing {object} to {destination} with {path}; exiting"
+)]
 pub struct LockHeld {
     object: String,
+    destination: String,
     holder: String,
     path: String,
+}
+
+/// The directory beside the state file `db` that holds its locks cannot be made: the
+/// state file's own directory is missing or not writable.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use the state file {path}: {why}")]
+pub struct NoStateDir {
+    pub path: String,
+    pub why: String,
 }
 
 /// A held lock; dropping it releases it.
@@ -26,25 +42,49 @@ pub struct ObjectLock {
     _file: File,
 }
 
-/// The lock file of `object` beside the state file `db`.
-pub fn lock_path(db: &Path, object: &ObjectType) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{object}.lock"));
-    db.with_file_name(name)
+/// The lock file of `object` to `destination` for the state file `db`.
+pub fn lock_path(db: &Path, object: &ObjectType, destination: &Destination) -> PathBuf {
+    let mut dir = db.file_name().unwrap_or_default().to_os_string();
+    dir.push(".locks");
+    let digest = Sha256::digest(destination.key().as_bytes());
+    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    db.with_file_name(dir).join(format!("{object}-{tag}.lock"))
 }
 
 impl ObjectLock {
-    /// Takes the lock of `object` for the state file `db`, without waiting.
+    /// Takes the lock of `object` to `destination` for the state file `db`, without
+    /// waiting.
     ///
     /// # Errors
-    /// [`LockHeld`] when another process has it; I/O errors otherwise.
-    pub fn acquire(db: &Path, object: &ObjectType) -> Result<ObjectLock> {
-        let path = lock_path(db, object);
+    /// [`LockHeld`] when another process has it; [`NoStateDir`] when the state file's
+    /// directory does not exist; I/O errors otherwise.
+    pub fn acquire(
+        db: &Path,
+        object: &ObjectType,
+        destination: &Destination,
+    ) -> Result<ObjectLock> {
+        let path = lock_path(db, object, destination);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(dir)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            let parent = db.parent().filter(|p| !p.as_os_str().is_empty());
+            let why = match parent {
+                Some(p) if !p.exists() => format!("its directory {} does not exist", p.display()),
+                _ => format!("cannot create {}: {e}", dir.display()),
+            };
+            return Err(NoStateDir {
+                path: db.display().to_string(),
+                why,
+            }
+            .into());
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
         match file.try_lock() {
@@ -58,6 +98,7 @@ impl ObjectLock {
                 };
                 return Err(LockHeld {
                     object: object.to_string(),
+                    destination: destination.to_string(),
                     holder,
                     path: db.display().to_string(),
                 }
@@ -84,8 +125,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
         let object: ObjectType = "deals".parse().unwrap();
-        let held = ObjectLock::acquire(&db, &object).unwrap();
-        let err = ObjectLock::acquire(&db, &object).unwrap_err();
+        let sqlite = Destination::named("sqlite", "sqlite");
+        let held = ObjectLock::acquire(&db, &object, &sqlite).unwrap();
+        let err = ObjectLock::acquire(&db, &object, &sqlite).unwrap_err();
         let held_err = err.downcast_ref::<LockHeld>().expect("LockHeld");
         assert!(
             held_err
@@ -93,8 +135,15 @@ mod tests {
                 .contains(&format!("pid {}", std::process::id()))
         );
         let other: ObjectType = "contacts".parse().unwrap();
-        ObjectLock::acquire(&db, &other).expect("other objects are independent");
+        ObjectLock::acquire(&db, &other, &sqlite).expect("other objects are independent");
+        let jsonl = Destination::named("jsonl:/x", "jsonl:/x");
+        ObjectLock::acquire(&db, &object, &jsonl).expect("other destinations are independent");
         drop(held);
-        ObjectLock::acquire(&db, &object).expect("released on drop");
+        ObjectLock::acquire(&db, &object, &sqlite).expect("released on drop");
+        let mode = std::fs::metadata(lock_path(&db, &object, &sqlite))
+            .unwrap()
+            .permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o600);
     }
 }

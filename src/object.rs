@@ -75,6 +75,22 @@ impl ObjectType {
         }
     }
 
+    /// Whether records of this object can be merged, so that a winner's
+    /// `hs_merged_object_ids` lists the ids merged into it: contacts, companies, deals,
+    /// tickets and custom objects (HubSpot's "Merge records" knowledge-base article;
+    /// the merge endpoints of the CRM specs).
+    pub fn merges(&self) -> bool {
+        matches!(
+            self.0.as_str(),
+            "contacts" | "companies" | "deals" | "tickets"
+        ) || self.0.starts_with("2-")
+    }
+
+    /// An object named in the state file, taken as it is.
+    pub(crate) fn unchecked(name: &str) -> ObjectType {
+        ObjectType(name.to_owned())
+    }
+
     /// The name as it goes into URLs and the state file.
     pub fn as_str(&self) -> &str {
         &self.0

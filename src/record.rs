@@ -1,6 +1,8 @@
-//! `Record`: one version of one CRM object as HubSpot returned it, and the shape handed
-//! to jsonl and exec handlers (`objectType`, `id`, `properties`, `createdAt`, `updatedAt`,
-//! `archived`). That shape is a public contract: handler scripts parse it.
+//! `Record`: one version of one CRM object as HubSpot returned it, or a tombstone for one
+//! that was deleted or merged away, and the shape handed to jsonl and exec handlers
+//! (`objectType`, `id`, `properties`, `createdAt`, `updatedAt`, `archived`, and on
+//! tombstones `archivedAt` and, for a merged-away record, `mergedInto`). That shape is a
+//! public contract: handler scripts parse it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -13,7 +15,8 @@ use crate::timestamp::Millis;
 pub struct RecordId(pub u64);
 
 /// One version of a record: `modified` is the value of the object's last-modified
-/// property, which together with `id` names the version.
+/// property (for a tombstone, the deletion or merge time), which together with `id`
+/// names the version.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     pub id: RecordId,
@@ -22,6 +25,10 @@ pub struct Record {
     pub created_at: String,
     pub updated_at: String,
     pub archived: bool,
+    /// When HubSpot archived it (tombstones and archived listings).
+    pub archived_at: Option<String>,
+    /// The record it was merged into (a merged-away record's tombstone).
+    pub merged_into: Option<RecordId>,
 }
 
 /// The record shape handlers receive, borrowed so that writing it copies nothing.
@@ -34,9 +41,28 @@ struct Wire<'a> {
     created_at: &'a str,
     updated_at: &'a str,
     archived: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archived_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merged_into: Option<String>,
 }
 
 impl Record {
+    /// A tombstone: `archived: true`, no properties, `updatedAt` = `archivedAt` = `at`.
+    pub fn tombstone(id: RecordId, at: Millis, merged_into: Option<RecordId>) -> Record {
+        let when = at.to_rfc3339();
+        Record {
+            id,
+            modified: at,
+            properties: Map::new(),
+            created_at: String::new(),
+            updated_at: when.clone(),
+            archived: true,
+            archived_at: Some(when),
+            merged_into,
+        }
+    }
+
     /// Appends this record as one line of NDJSON (with the trailing newline) to `out`.
     pub fn write_json_line(&self, object: &ObjectType, out: &mut Vec<u8>) {
         let wire = Wire {
@@ -46,6 +72,8 @@ impl Record {
             created_at: &self.created_at,
             updated_at: &self.updated_at,
             archived: self.archived,
+            archived_at: self.archived_at.as_deref(),
+            merged_into: self.merged_into.map(|id| id.0.to_string()),
         };
         // Serialising a map of JSON values into a Vec cannot fail.
         serde_json::to_writer(&mut *out, &wire).expect("record serialises");
@@ -69,6 +97,8 @@ mod tests {
             created_at: "2023-11-14T22:13:20.000Z".into(),
             updated_at: "2023-11-14T22:13:20.000Z".into(),
             archived: false,
+            archived_at: None,
+            merged_into: None,
         };
         let mut out = Vec::new();
         record.write_json_line(&"contacts".parse().unwrap(), &mut out);
@@ -76,6 +106,15 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"objectType\":\"contacts\",\"id\":\"42\",\"properties\":{\"email\":\"a@example.com\",\"phone\":null},\
              \"createdAt\":\"2023-11-14T22:13:20.000Z\",\"updatedAt\":\"2023-11-14T22:13:20.000Z\",\"archived\":false}\n"
+        );
+        let mut out = Vec::new();
+        Record::tombstone(RecordId(7), Millis(1_700_000_000_000), Some(RecordId(42)))
+            .write_json_line(&"contacts".parse().unwrap(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"objectType\":\"contacts\",\"id\":\"7\",\"properties\":{},\"createdAt\":\"\",\
+             \"updatedAt\":\"2023-11-14T22:13:20.000Z\",\"archived\":true,\
+             \"archivedAt\":\"2023-11-14T22:13:20.000Z\",\"mergedInto\":\"42\"}\n"
         );
     }
 }

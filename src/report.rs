@@ -47,11 +47,14 @@ impl Outcome {
     }
 }
 
-/// Counters and bounds of one run.
+/// Counters and bounds of one run: its main window (or its side window for `reconcile`)
+/// at the top, the trailing recheck window and the deletion sweep beside.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
     pub object: String,
+    /// The destination's key (see `destination.rs`).
+    pub destination: String,
     pub outcome: Outcome,
     pub started_at: String,
     pub ended_at: Option<String>,
@@ -59,6 +62,9 @@ pub struct RunReport {
     pub window: WindowReport,
     /// Whether this run continued a window an earlier run left open.
     pub resumed: bool,
+    /// Whether the window re-delivers the destination's whole history (`--refresh`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refresh: bool,
     pub pages: u64,
     /// Records search returned.
     pub seen: u64,
@@ -71,6 +77,10 @@ pub struct RunReport {
     /// 429 answers among the requests.
     pub rate_limited: u64,
     pub error: Option<String>,
+    /// The trailing window for a late search index (`--recheck`), when one ran.
+    pub recheck: Option<PassReport>,
+    /// The sweep of archived records for deletions (`--deletes-every`), when one ran.
+    pub deletes: Option<SweepReport>,
     /// The process's peak resident memory so far, in KiB (Linux only; not stored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_kb: Option<u64>,
@@ -97,17 +107,69 @@ impl From<Window> for WindowReport {
     }
 }
 
+/// The trailing (recheck) window of a run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassReport {
+    pub outcome: Outcome,
+    pub window: WindowReport,
+    pub resumed: bool,
+    pub pages: u64,
+    pub seen: u64,
+    pub delivered: u64,
+    pub skipped: u64,
+    pub requests: u64,
+}
+
+impl From<&RunReport> for PassReport {
+    fn from(r: &RunReport) -> Self {
+        PassReport {
+            outcome: r.outcome,
+            window: r.window.clone(),
+            resumed: r.resumed,
+            pages: r.pages,
+            seen: r.seen,
+            delivered: r.delivered,
+            skipped: r.skipped,
+            requests: r.requests,
+        }
+    }
+}
+
+/// The deletion sweep of a run: archived records listed, tombstones delivered.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    pub archived: u64,
+    pub tombstones: u64,
+    pub requests: u64,
+}
+
 impl RunReport {
-    /// A report for a run that starts now.
-    pub fn start(object: &ObjectType, window: Window, resumed: bool) -> RunReport {
+    /// A report for a run of `object` to `destination` that starts now.
+    pub fn start(
+        object: &ObjectType,
+        destination: &str,
+        window: Window,
+        resumed: bool,
+    ) -> RunReport {
+        let mut report = RunReport::blank(object.to_string(), destination, window);
+        report.resumed = resumed;
+        report
+    }
+
+    /// A report with nothing counted yet, started now.
+    pub fn blank(object: String, destination: &str, window: Window) -> RunReport {
         RunReport {
-            object: object.to_string(),
+            object,
+            destination: destination.to_owned(),
             outcome: Outcome::Running,
             started_at: Millis::now().to_rfc3339(),
             ended_at: None,
             duration_ms: None,
             window: window.into(),
-            resumed,
+            resumed: false,
+            refresh: false,
             pages: 0,
             seen: 0,
             delivered: 0,
@@ -116,6 +178,8 @@ impl RunReport {
             retries: 0,
             rate_limited: 0,
             error: None,
+            recheck: None,
+            deletes: None,
             peak_rss_kb: None,
         }
     }

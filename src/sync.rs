@@ -1,51 +1,112 @@
-//! The engine: one window, page by keyed page, each page through the sink and then
-//! checkpointed, the cursor committed only after the last page (DESIGN.md, "The window
-//! engine"). Planning is in `window.rs`, storage in `state.rs`, HTTP in `hubspot/`.
+//! The engine: a run of one sync (object, destination). Its main window goes page by
+//! keyed page, each page through the sink and then checkpointed, the cursor committed
+//! only after the last page (docs/ARCHITECTURE.md, "The window engine"). Then, on a
+//! poll, the trailing window of `--recheck` (for a late search index) and, when due, the
+//! sweep of archived records that turns deletions into tombstones. Planning is in
+//! `window.rs`, the ledger's decisions in `ledger.rs`, storage in `state/`, HTTP in
+//! `hubspot/`.
 //!
 //! Data flow of a scan: one fetcher task per slice pages through its id range (keyed
 //! paging needs only the previous page's last id, so fetching runs ahead of delivery)
-//! and sends pages down a bounded channel; the one consumer here hands each page to the
-//! sink and checkpoints it. At most `concurrency` requests are in flight, all under the
-//! client's one token bucket, so a slow API still reaches the rate limit. A fresh large
-//! window is split into slices after its first page, which tells how big it is.
+//! and sends pages down a bounded channel; the one consumer here hands each page's news
+//! to the sink and checkpoints it. At most `concurrency` requests are in flight, all
+//! under the client's one token bucket, so a slow API still reaches the rate limit. A
+//! fresh large window is split into slices after its first page, which tells how big it
+//! is.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::destination::Destination;
+use crate::hubspot::list::Listing;
 use crate::hubspot::search::{Page, SearchBody};
 use crate::hubspot::{Client, ClientConfig};
+use crate::ledger;
 use crate::object::ObjectType;
 use crate::progress::{Progress, ProgressMode};
-use crate::report::{Outcome, RunReport};
+use crate::properties::PropertySet;
+use crate::record::Record;
+use crate::report::{Outcome, PassReport, RunReport, SweepReport};
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkSpec};
-use crate::state::{Checkpoint, RunId, State};
+use crate::state::{Checkpoint, Pass, RunId, State, Sync, SyncId};
 use crate::timestamp::Millis;
-use crate::window::{self, Bounds, Margins, Plan, Slice, Window};
+use crate::window::{self, Ask, Margins, Plan, Slice, Window};
+
+/// Which properties a run asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    /// These names (the engine adds the ones it needs).
+    Named(Vec<String>),
+    /// Every property of the object (`--all-properties`): search returns ids, batch read
+    /// the values.
+    All,
+    /// What the destination was last given, else the object's defaults (`reconcile`,
+    /// `serve`: they have no property flags of their own).
+    Stored,
+}
 
 /// What to sync and how.
 #[derive(Clone, Debug)]
 pub struct PollJob {
     pub object: ObjectType,
-    pub bounds: Bounds,
+    pub destination: Destination,
+    /// [`Pass::Main`] for `poll`, [`Pass::Side`] for `reconcile` (no cursor moves).
+    pub pass: Pass,
+    pub ask: Ask,
     pub margins: Margins,
-    /// Properties to request; always includes the modified property and `hs_object_id`.
-    pub properties: Vec<String>,
+    pub wanted: Wanted,
     pub page_size: u32,
     /// Search requests in flight at once; a large window is split into twice as many
     /// slices. 1 scans sequentially.
     pub concurrency: u32,
-    /// Fetch every property by batch read after each search page.
-    pub all_properties: bool,
+    /// How far behind now the trailing window ends; zero turns it off.
+    pub recheck: Duration,
+    /// How often the archived records are swept for deletions; zero: every run.
+    pub deletes_every: Duration,
 }
 
 /// How long the property list of `--all-properties` is reused.
-const PROPERTY_LIST_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
+const PROPERTY_LIST_AGE: Duration = Duration::from_secs(86_400);
+
+/// A stored cursor this far ahead of the clock means the clock jumped (or a hand set
+/// it): the run fails rather than skip what lies between.
+const FUTURE_SLACK: Duration = Duration::from_secs(60);
+
+/// A run asks for properties the destination never got. Exits 2: the user must choose
+/// `--refresh` (re-deliver everything) or the old list.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{object} -> {destination}: this run asks for properties the destination was never given ({added}); \
+     versions it already has would not be sent again, so they would never carry them. \
+     Run `martech-sync poll {object} --refresh` (same flags) to re-deliver its whole history \
+     with the new list, or go back to the old list"
+)]
+pub struct NeedsRefresh {
+    object: ObjectType,
+    destination: Destination,
+    added: String,
+}
+
+/// The stored cursor is in the future: the clock jumped back, or it was set by hand.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the cursor of {object} -> {destination} is {cursor}, {ahead} ahead of this machine's clock \
+     ({now}): did the clock jump? Nothing later than now can be synced from it. Fix the clock, \
+     or move the cursor back with `martech-sync cursor set {object} <WHEN>` (or `cursor reset`)"
+)]
+pub struct FutureCursor {
+    object: ObjectType,
+    destination: Destination,
+    cursor: Millis,
+    now: Millis,
+    ahead: String,
+}
 
 /// How far a scan got.
 enum Scanned {
@@ -73,7 +134,7 @@ impl Finished {
     }
 }
 
-/// The engine with what it works on: a client, the state file and the sink.
+/// The engine with what it works on: a client, the state and the sink.
 pub struct Engine {
     pub(crate) client: Client,
     pub(crate) state: State,
@@ -81,89 +142,277 @@ pub struct Engine {
     progress: ProgressMode,
 }
 
+/// The properties of one run, resolved against what the destination was given.
+struct Properties {
+    /// In the search body.
+    search: Vec<String>,
+    /// With `--all-properties`: what batch read fetches for each page.
+    hydrate: Option<Arc<[String]>>,
+}
+
 impl Engine {
-    /// Opens the state file `db`, the client and the sink. The caller holds the object's
-    /// lock.
+    /// Opens the state file `db`, the client and the sink. The caller holds the lock.
     ///
     /// # Errors
     /// When any of them cannot be opened.
     pub fn open(
-        db: &Path,
+        db: &std::path::Path,
         client: &ClientConfig,
         sink: &SinkSpec,
         progress: ProgressMode,
     ) -> Result<Engine> {
-        Ok(Engine {
-            state: State::open(db)?,
-            client: Client::new(client)?,
-            sink: Sink::open(sink)?,
+        Ok(Engine::new(
+            crate::state::open(db)?,
+            Client::new(client)?,
+            Sink::open(sink)?,
             progress,
-        })
+        ))
     }
 
-    /// Runs one window of `job`: plans it, scans it and commits it. A `shutdown` stops
-    /// it between pages with the window left open (outcome `interrupted`).
+    /// The engine over what is already open.
+    pub fn new(state: State, client: Client, sink: Sink, progress: ProgressMode) -> Engine {
+        Engine {
+            client,
+            state,
+            sink,
+            progress,
+        }
+    }
+
+    /// Runs `job` once: its window (plans it, scans it, commits it), then for a poll the
+    /// trailing recheck window and, when due, the deletion sweep. A `shutdown` stops it
+    /// between pages with the window left open (outcome `interrupted`).
     ///
     /// # Errors
-    /// Only when the state file cannot even record the run; every other failure is in
-    /// [`Finished::error`], with the cursor unchanged.
+    /// [`NeedsRefresh`], or when the state cannot even record the run; every other
+    /// failure is in [`Finished::error`], with the cursor unchanged.
     pub async fn poll(
         &mut self,
         job: &PollJob,
         now: Millis,
         shutdown: &Shutdown,
     ) -> Result<Finished> {
+        let sync = self.state.sync(&job.object, &job.destination).await?;
+        let open = self.state.open_window(sync.id, job.pass).await?;
+        let properties = self.properties(job, &sync, open.as_ref()).await?;
+        if job.pass == Pass::Main
+            && let Some(cursor) = sync.cursor
+            && cursor > now.plus(FUTURE_SLACK)
+        {
+            let window = Window {
+                lo: cursor,
+                hi: now,
+            };
+            let mut report = RunReport::start(&job.object, job.destination.key(), window, false);
+            let error = FutureCursor {
+                object: job.object.clone(),
+                destination: job.destination.clone(),
+                cursor,
+                now,
+                ahead: humantime::format_duration(Duration::from_secs(
+                    u64::try_from((cursor.0 - now.0) / 1000).unwrap_or(0),
+                ))
+                .to_string(),
+            };
+            report.finish(Outcome::Failed, Some(error.to_string()));
+            return Ok(Finished {
+                report,
+                error: Some(error.into()),
+            });
+        }
+        let plan = window::plan(sync.cursor, open, job.ask, now, job.margins)?;
+        if let (Some(since), Some(c)) = (job.ask.bounds.since, sync.cursor)
+            && since > c
+            && job.pass == Pass::Main
+        {
+            tracing::warn!(object = %job.object, since = %since, cursor = %c,
+                "--since is after the stored cursor: the cursor stays put, so the next run still covers the gap");
+        }
+        let mut finished = self
+            .window(job, &sync, job.pass, plan, &properties, shutdown)
+            .await?;
+        let main_done = finished.error.is_none() && finished.report.outcome == Outcome::Committed;
+        if job.pass != Pass::Main || !main_done || shutdown.requested() {
+            return Ok(finished);
+        }
+        if let Err(error) = self
+            .trailing_passes(job, &sync, now, &properties, shutdown, &mut finished.report)
+            .await
+        {
+            let error = error.context(format!(
+                "the window of {} -> {} committed, but",
+                job.object, job.destination
+            ));
+            finished.report.error = Some(format!("{error:#}"));
+            finished.error = Some(error);
+        }
+        Ok(finished)
+    }
+
+    /// The trailing recheck window, then the deletion sweep when due.
+    async fn trailing_passes(
+        &mut self,
+        job: &PollJob,
+        sync: &Sync,
+        now: Millis,
+        properties: &Properties,
+        shutdown: &Shutdown,
+        report: &mut RunReport,
+    ) -> Result<()> {
+        let open = self.state.open_window(sync.id, Pass::Recheck).await?;
+        let plan = window::plan_recheck(
+            sync.recheck,
+            sync.cursor,
+            open,
+            now,
+            job.recheck,
+            job.margins.overlap,
+        );
+        if let Some(plan) = plan {
+            let recheck = self
+                .window(job, sync, Pass::Recheck, plan, properties, shutdown)
+                .await?;
+            report.recheck = Some(PassReport::from(&recheck.report));
+            if let Some(error) = recheck.error {
+                return Err(error.context("the recheck window failed"));
+            }
+            if shutdown.requested() {
+                return Ok(());
+            }
+        }
+        let due = sync.swept.is_none_or(|at| {
+            now.0 - at.0 >= i64::try_from(job.deletes_every.as_millis()).unwrap_or(i64::MAX)
+        });
+        if due {
+            let mut sweep = SweepReport::default();
+            let result = self.sweep(job, sync, now, shutdown, &mut sweep).await;
+            report.deletes = Some(sweep);
+            result.map_err(|e| e.context("the deletion sweep failed"))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves the run's properties against what the destination was given, and
+    /// records the new list: a first run's, a shrunk one, or a refresh's.
+    async fn properties(
+        &self,
+        job: &PollJob,
+        sync: &Sync,
+        open: Option<&window::OpenWindow>,
+    ) -> Result<Properties> {
         let object = &job.object;
-        let state = &mut self.state;
-        let cursor = state.cursor(object)?;
-        let open = state.open_window(object)?;
-        let plan = window::plan(cursor, open, job.bounds, now, job.margins)?;
-        let (window, slices, resumed) = match plan {
-            Plan::Fresh(w) => (w, vec![Slice::WHOLE], false),
-            Plan::Resume(o) => (o.window, o.slices, true),
+        let set = match &job.wanted {
+            Wanted::All => PropertySet::All,
+            Wanted::Named(names) => PropertySet::named(&with_needed(object, names.clone())),
+            Wanted::Stored => sync
+                .properties
+                .clone()
+                .unwrap_or_else(|| PropertySet::named(&with_needed(object, defaults(object)))),
+        };
+        let refreshing = job.ask.refresh || open.is_some_and(|o| o.refresh);
+        let grows = sync.properties.as_ref().is_some_and(|g| !g.covers(&set));
+        // A destination that holds nothing yet has nothing to miss.
+        let holds_records = grows && !self.state.ledger_page(sync.id, None, 1).await?.is_empty();
+        if let Some(given) = &sync.properties
+            && holds_records
+            && !refreshing
+            && job.pass == Pass::Main
+        {
+            let missing = given.missing(&set);
+            let added = match missing.as_slice() {
+                [] => "every property (--all-properties)".to_owned(),
+                few if few.len() <= 5 => few.join(", "),
+                many => format!("{} and {} more", many[..5].join(", "), many.len() - 5),
+            };
+            return Err(NeedsRefresh {
+                object: object.clone(),
+                destination: job.destination.clone(),
+                added,
+            }
+            .into());
+        }
+        if sync.properties.as_ref() != Some(&set) && job.pass == Pass::Main {
+            self.state.set_properties(sync.id, &set).await?;
+        }
+        let (search, hydrate) = match &set {
+            PropertySet::All => {
+                let names = match self
+                    .state
+                    .cached_property_names(object, PROPERTY_LIST_AGE)
+                    .await?
+                {
+                    Some(names) => names,
+                    None => {
+                        let names = self.client.property_names(object).await?;
+                        self.state.cache_property_names(object, &names).await?;
+                        names
+                    }
+                };
+                (lean(object), Some(with_needed(object, names).into()))
+            }
+            PropertySet::Named(names) => (names.iter().cloned().collect(), None),
+        };
+        Ok(Properties { search, hydrate })
+    }
+
+    /// Plans, scans and commits one window of `pass`.
+    async fn window(
+        &mut self,
+        job: &PollJob,
+        sync: &Sync,
+        pass: Pass,
+        plan: Plan,
+        properties: &Properties,
+        shutdown: &Shutdown,
+    ) -> Result<Finished> {
+        let object = &job.object;
+        let (window, slices, resumed, refresh) = match plan {
+            Plan::Fresh(w) => (
+                w,
+                vec![Slice::WHOLE],
+                false,
+                job.ask.refresh && pass == Pass::Main,
+            ),
+            Plan::Resume(o) => (o.window, o.slices, true, o.refresh),
             Plan::Empty(w) => {
-                let mut report = RunReport::start(object, w, false);
+                let mut report = RunReport::start(object, job.destination.key(), w, false);
                 report.finish(Outcome::Empty, None);
-                tracing::info!(%object, lo = %w.lo, hi = %w.hi, "nothing to scan yet: the window is empty");
+                tracing::info!(%object, pass = pass.as_str(), lo = %w.lo, hi = %w.hi,
+                    "nothing to scan yet: the window is empty");
                 return Ok(Finished {
                     report,
                     error: None,
                 });
             }
         };
-        if let (Some(since), Some(c)) = (job.bounds.since, cursor)
-            && since > c
-        {
-            tracing::warn!(%object, since = %since, cursor = %c,
-                "--since is after the stored cursor: the cursor stays put, so the next run still covers the gap");
-        }
         if resumed {
-            tracing::info!(%object, lo = %window.lo, hi = %window.hi,
+            tracing::info!(%object, pass = pass.as_str(), lo = %window.lo, hi = %window.hi,
                 slices_left = slices.iter().filter(|s| !s.done).count(), "resuming an interrupted window");
         }
-        let mut report = RunReport::start(object, window, resumed);
-        let run = state.start_run(object, &report)?;
+        let mut report = RunReport::start(object, job.destination.key(), window, resumed);
+        report.refresh = refresh;
+        let run = self.state.start_run(sync.id, pass, &report).await?;
         let counters = self.client.counters();
         let requests_before = counters.requests.load(Ordering::Relaxed);
         let retries_before = counters.retries.load(Ordering::Relaxed);
         let limited_before = counters.rate_limited.load(Ordering::Relaxed);
 
         let progress = Progress::start(self.progress, object.as_str());
-        let scanned = match hydrate_list(&self.client, state, job).await {
-            Ok(hydrate) => {
-                let scan = Scan {
-                    client: &self.client,
-                    sink: &mut self.sink,
-                    job,
-                    window,
-                    shutdown,
-                    progress: &progress,
-                    hydrate,
-                };
-                scan.run(state, slices, &mut report).await
-            }
-            Err(e) => Err(e),
+        let scan = Scan {
+            client: &self.client,
+            state: &self.state,
+            sink: &mut self.sink,
+            job,
+            sync: sync.id,
+            pass,
+            refresh,
+            window,
+            shutdown,
+            progress: &progress,
+            search: &properties.search,
+            hydrate: properties.hydrate.clone(),
         };
+        let scanned = scan.run(slices, &mut report).await;
         drop(progress);
 
         report.requests = counters.requests.load(Ordering::Relaxed) - requests_before;
@@ -172,8 +421,8 @@ impl Engine {
         match scanned {
             Ok(Scanned::Interrupted) => {
                 report.finish(Outcome::Interrupted, None);
-                state.finish_run(run, &report)?;
-                tracing::info!(%object, pages = report.pages, delivered = report.delivered,
+                self.state.finish_run(run, &report).await?;
+                tracing::info!(%object, pass = pass.as_str(), pages = report.pages, delivered = report.delivered,
                     "stopped; the window stays open and the next run resumes it");
                 Ok(Finished {
                     report,
@@ -182,73 +431,230 @@ impl Engine {
             }
             Ok(Scanned::Complete) => {
                 report.finish(Outcome::Committed, None);
-                let next = window::next_cursor(cursor, window);
-                match state.commit_window(object, next, run, &report) {
+                let to = match pass {
+                    Pass::Main => Some(window::next_cursor(sync.cursor, window)),
+                    Pass::Recheck => Some(sync.recheck.map_or(window.hi, |c| c.max(window.hi))),
+                    Pass::Side => None,
+                };
+                match self
+                    .state
+                    .commit_window(sync.id, pass, to, run, &report)
+                    .await
+                {
                     Ok(()) => {
-                        tracing::info!(%object, cursor = %next, pages = report.pages,
-                            delivered = report.delivered, skipped = report.skipped, "window committed");
+                        tracing::info!(%object, pass = pass.as_str(), cursor = ?to.map(|c| c.to_string()),
+                            pages = report.pages, delivered = report.delivered, skipped = report.skipped,
+                            "window committed");
                         Ok(Finished {
                             report,
                             error: None,
                         })
                     }
                     // A refused commit (a slice not done) is a failed run like any other.
-                    Err(error) => Ok(failed(state, run, report, error)),
+                    Err(error) => Ok(self.failed(run, report, error).await),
                 }
             }
-            Err(error) => Ok(failed(state, run, report, error)),
+            Err(error) => Ok(self.failed(run, report, error).await),
         }
+    }
+
+    /// Records `run` as failed with `error`; the cursor stays where it was.
+    async fn failed(&self, run: RunId, mut report: RunReport, error: anyhow::Error) -> Finished {
+        report.finish(Outcome::Failed, Some(format!("{error:#}")));
+        if let Err(e) = self.state.finish_run(run, &report).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not record the failed run");
+        }
+        Finished {
+            report,
+            error: Some(error),
+        }
+    }
+
+    /// Reads the archived records (the recycle bin) and hands the destination a
+    /// tombstone for each it has not been told of.
+    async fn sweep(
+        &mut self,
+        job: &PollJob,
+        sync: &Sync,
+        started: Millis,
+        shutdown: &Shutdown,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let object = &job.object;
+        let counters = self.client.counters();
+        let requests_before = counters.requests.load(Ordering::Relaxed);
+        let mut after: Option<String> = None;
+        let outcome = async {
+            loop {
+                let page = tokio::select! {
+                    page = self.client.list_page(object, Listing::Archived, after.as_deref()) => page?,
+                    () = shutdown.wait() => return Ok(false),
+                };
+                report.archived += page.records.len() as u64;
+                let tombstones: Vec<Record> = page
+                    .records
+                    .iter()
+                    .map(|l| {
+                        let at = l.archived_at.or(l.modified).unwrap_or(started);
+                        Record::tombstone(l.id, at, None)
+                    })
+                    .collect();
+                let ids: Vec<_> = tombstones.iter().map(|t| t.id).collect();
+                let held = self.state.held(sync.id, &ids).await?;
+                let news = ledger::gone(&held, tombstones);
+                let refs: Vec<&Record> = news.iter().collect();
+                self.sink.deliver(object, &refs).await?;
+                self.state
+                    .record_delivered(sync.id, &refs, self.sink.records_table())
+                    .await?;
+                report.tombstones += news.len() as u64;
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => return Ok::<bool, anyhow::Error>(true),
+                }
+            }
+        }
+        .await;
+        report.requests = counters.requests.load(Ordering::Relaxed) - requests_before;
+        if outcome? {
+            self.state.set_swept(sync.id, started).await?;
+            tracing::info!(%object, archived = report.archived, tombstones = report.tombstones,
+                "archived records swept for deletions");
+        }
+        Ok(())
+    }
+
+    /// Hands records the destination may not have to the sink with their merge
+    /// tombstones, and records them in the ledger (with `events`, marking those webhook
+    /// events done in the same transaction): the one path of every delivery that is not
+    /// a window page (webhook batches, `verify --repair`). `versions` are news when newer
+    /// than what the destination holds; `gone` are records HubSpot says no longer exist.
+    /// Returns how many went.
+    ///
+    /// # Errors
+    /// When the sink or the state fails.
+    pub(crate) async fn deliver_loose(
+        &mut self,
+        sync: &Sync,
+        versions: &[Record],
+        gone: Vec<Record>,
+        events: Option<&[String]>,
+    ) -> Result<usize> {
+        let object = &sync.object;
+        let ids: Vec<_> = versions.iter().chain(&gone).map(|r| r.id).collect();
+        let held = self.state.held(sync.id, &ids).await?;
+        let fresh = ledger::fresh(&held, versions);
+        let gone = ledger::gone(&held, gone);
+        let merged = merge_tombstones(&self.state, sync.id, object, &fresh).await?;
+        let all: Vec<&Record> = fresh.into_iter().chain(&merged).chain(&gone).collect();
+        self.sink.deliver(object, &all).await?;
+        let table = self.sink.records_table();
+        match events {
+            Some(keys) => self.state.commit_events(sync.id, &all, table, keys).await?,
+            None => self.state.record_delivered(sync.id, &all, table).await?,
+        }
+        Ok(all.len())
+    }
+
+    /// The property names a delivery outside a window fetches for `sync`: what the
+    /// destination was last given (every property, by name, for `--all-properties`),
+    /// else the object's defaults.
+    ///
+    /// # Errors
+    /// When the property list cannot be read.
+    pub(crate) async fn stored_properties(&self, sync: &Sync) -> Result<Vec<String>> {
+        let job = PollJob {
+            object: sync.object.clone(),
+            destination: sync.destination.clone(),
+            pass: Pass::Side,
+            ask: Ask::default(),
+            margins: Margins {
+                overlap: Duration::ZERO,
+                settle: Duration::ZERO,
+            },
+            wanted: Wanted::Stored,
+            page_size: 1,
+            concurrency: 1,
+            recheck: Duration::ZERO,
+            deletes_every: Duration::ZERO,
+        };
+        let resolved = self.properties(&job, sync, None).await?;
+        Ok(match resolved.hydrate {
+            Some(all) => all.to_vec(),
+            None => resolved.search,
+        })
     }
 }
 
-/// Records `run` as failed with `error`; the cursor stays where it was.
-fn failed(state: &mut State, run: RunId, mut report: RunReport, error: anyhow::Error) -> Finished {
-    report.finish(Outcome::Failed, Some(format!("{error:#}")));
-    if let Err(e) = state.finish_run(run, &report) {
-        tracing::warn!(error = %format!("{e:#}"), "could not record the failed run");
+/// Tombstones for the records `fresh` winners absorbed that the destination holds live.
+async fn merge_tombstones(
+    state: &State,
+    sync: SyncId,
+    object: &ObjectType,
+    fresh: &[&Record],
+) -> Result<Vec<Record>> {
+    if !object.merges() {
+        return Ok(Vec::new());
     }
-    Finished {
-        report,
-        error: Some(error),
+    let merged = ledger::merged_ids(fresh);
+    if merged.is_empty() {
+        return Ok(Vec::new());
     }
+    let ids: Vec<_> = merged.iter().map(|(id, _)| *id).collect();
+    let held = state.held(sync, &ids).await?;
+    Ok(ledger::merge_tombstones(&held, &merged))
 }
 
 /// One window's scan.
 struct Scan<'a> {
     client: &'a Client,
+    state: &'a State,
     sink: &'a mut Sink,
     job: &'a PollJob,
+    sync: SyncId,
+    pass: Pass,
+    /// Deliver every record, whatever the destination holds (`--refresh`).
+    refresh: bool,
     window: Window,
     shutdown: &'a Shutdown,
     progress: &'a Progress,
+    search: &'a [String],
     /// With `--all-properties`, the properties batch read fetches for each page.
     hydrate: Option<Arc<[String]>>,
 }
 
-/// The full property list for `--all-properties` (cached for a day), or `None`.
-async fn hydrate_list(
-    client: &Client,
-    state: &mut State,
-    job: &PollJob,
-) -> Result<Option<Arc<[String]>>> {
-    if !job.all_properties {
-        return Ok(None);
-    }
-    let object = &job.object;
-    let mut names = match state.cached_property_names(object, PROPERTY_LIST_AGE)? {
-        Some(names) => names,
-        None => {
-            let names = client.property_names(object).await?;
-            state.cache_property_names(object, &names)?;
-            names
-        }
-    };
-    for needed in [object.modified_property(), "hs_object_id"] {
-        if !names.iter().any(|n| n == needed) {
+/// The object's default properties.
+fn defaults(object: &ObjectType) -> Vec<String> {
+    object
+        .default_properties()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+/// `names` plus the properties the engine needs: the modified time, the id and, for
+/// objects that merge, the ids merged into a record.
+pub fn with_needed(object: &ObjectType, mut names: Vec<String>) -> Vec<String> {
+    names.retain(|n| !n.trim().is_empty());
+    let merged = object.merges().then_some("hs_merged_object_ids");
+    for needed in [
+        Some(object.modified_property()),
+        Some("hs_object_id"),
+        merged,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !names.iter().any(|p| p == needed) {
             names.push(needed.to_owned());
         }
     }
-    Ok(Some(names.into()))
+    names
+}
+
+/// The search body's properties under `--all-properties`: what the engine needs.
+fn lean(object: &ObjectType) -> Vec<String> {
+    with_needed(object, Vec::new())
 }
 
 /// A search page with every property, when `hydrate` names them.
@@ -275,16 +681,11 @@ enum Fetched {
 
 impl Scan<'_> {
     /// Scans the slices not yet done, delivering and checkpointing page by page.
-    async fn run(
-        mut self,
-        state: &mut State,
-        mut slices: Vec<Slice>,
-        report: &mut RunReport,
-    ) -> Result<Scanned> {
+    async fn run(mut self, mut slices: Vec<Slice>, report: &mut RunReport) -> Result<Scanned> {
         if let [whole] = slices.as_slice()
             && *whole == Slice::WHOLE
         {
-            match self.first_page(state, report).await? {
+            match self.first_page(report).await? {
                 Some(rest) => slices = rest,
                 None => return Ok(Scanned::Interrupted),
             }
@@ -297,13 +698,18 @@ impl Scan<'_> {
         let (tx, mut rx) = mpsc::channel(capacity);
         let permits = Arc::new(Semaphore::new(capacity));
         let mut fetchers = JoinSet::new();
+        let search: Arc<[String]> = self.search.into();
         for slice in pending {
             fetchers.spawn(fetch_slice(
-                self.client.clone(),
-                self.job.clone(),
-                self.window,
+                Fetcher {
+                    client: self.client.clone(),
+                    object: self.job.object.clone(),
+                    window: self.window,
+                    search: Arc::clone(&search),
+                    page_size: self.job.page_size,
+                    hydrate: self.hydrate.clone(),
+                },
                 slice,
-                self.hydrate.clone(),
                 tx.clone(),
                 Arc::clone(&permits),
             ));
@@ -328,20 +734,14 @@ impl Scan<'_> {
                     return Ok(Scanned::Complete);
                 }
                 Some(Fetched::Failed(error)) => return Err(error),
-                Some(Fetched::Page { slice, page }) => {
-                    self.confirm(state, slice, &page, report).await?
-                }
+                Some(Fetched::Page { slice, page }) => self.confirm(slice, &page, report).await?,
             }
         }
     }
 
     /// Scans the first page of a fresh window and, when the window is large, splits
     /// the rest of it into slices. Returns the slices left, or `None` on shutdown.
-    async fn first_page(
-        &mut self,
-        state: &mut State,
-        report: &mut RunReport,
-    ) -> Result<Option<Vec<Slice>>> {
+    async fn first_page(&mut self, report: &mut RunReport) -> Result<Option<Vec<Slice>>> {
         let object = &self.job.object;
         let whole = Slice::WHOLE;
         let body = SearchBody::keyed(
@@ -349,7 +749,7 @@ impl Scan<'_> {
             self.window,
             &whole,
             None,
-            &self.job.properties,
+            self.search,
             self.job.page_size,
         );
         let fetch = async {
@@ -363,7 +763,7 @@ impl Scan<'_> {
         if let Some(total) = page.total {
             self.progress.set_total(total);
         }
-        self.confirm(state, whole.index, &page, report).await?;
+        self.confirm(whole.index, &page, report).await?;
         let Some(last) = page.last_id.filter(|_| page.more) else {
             return Ok(Some(Vec::new()));
         };
@@ -384,73 +784,94 @@ impl Scan<'_> {
             return Ok(Some(vec![rest]));
         };
         let parts = window::split(last, largest, self.job.concurrency * 2, 1);
-        state.split(object, &rest, &parts)?;
+        self.state
+            .split(self.sync, self.pass, &rest, &parts)
+            .await?;
         tracing::debug!(%object, slices = parts.len(), largest_id = largest.0, "window split into slices");
         Ok(Some(parts))
     }
 
-    /// Hands a fetched page's undelivered records to the sink, then checkpoints it.
-    async fn confirm(
-        &mut self,
-        state: &mut State,
-        slice: u32,
-        page: &Page,
-        report: &mut RunReport,
-    ) -> Result<()> {
+    /// Hands a fetched page's news (and the tombstones of records its winners merged)
+    /// to the sink, then checkpoints it.
+    async fn confirm(&mut self, slice: u32, page: &Page, report: &mut RunReport) -> Result<()> {
         let object = &self.job.object;
-        let fresh = state.undelivered(object, &page.records)?;
-        self.sink.deliver(object, &fresh).await?;
+        let fresh: Vec<&Record> = if self.refresh {
+            ledger::fresh(&Default::default(), &page.records)
+        } else {
+            let ids: Vec<_> = page.records.iter().map(|r| r.id).collect();
+            let held = self.state.held(self.sync, &ids).await?;
+            ledger::fresh(&held, &page.records)
+        };
+        let merged = merge_tombstones(self.state, self.sync, object, &fresh).await?;
+        let skipped = page.records.len() - fresh.len();
+        let delivered: Vec<&Record> = fresh.into_iter().chain(&merged).collect();
+        self.sink.deliver(object, &delivered).await?;
         let checkpoint = Checkpoint {
             slice,
             last_id: page.last_id,
             done: !page.more,
         };
-        state.commit_page(object, checkpoint, &fresh, self.sink.records_table())?;
+        self.state
+            .commit_page(
+                self.sync,
+                self.pass,
+                checkpoint,
+                &delivered,
+                self.sink.records_table(),
+            )
+            .await?;
         report.pages += 1;
         report.seen += page.records.len() as u64;
-        report.delivered += fresh.len() as u64;
-        report.skipped += (page.records.len() - fresh.len()) as u64;
+        report.delivered += delivered.len() as u64;
+        report.skipped += skipped as u64;
         let counters = self.client.counters();
         self.progress.update(
             report,
             counters.requests.load(Ordering::Relaxed),
             counters.retries.load(Ordering::Relaxed),
         );
-        tracing::debug!(%object, slice, page = report.pages, records = page.records.len(),
-            delivered = fresh.len(), last_id = ?checkpoint.last_id.map(|i| i.0), total = ?page.total,
-            "page checkpointed");
+        tracing::debug!(%object, pass = self.pass.as_str(), slice, page = report.pages,
+            records = page.records.len(), delivered = delivered.len(), merged = merged.len(),
+            last_id = ?checkpoint.last_id.map(|i| i.0), total = ?page.total, "page checkpointed");
         Ok(())
     }
+}
+
+/// What a fetcher needs, owned (it runs as its own task).
+struct Fetcher {
+    client: Client,
+    object: ObjectType,
+    window: Window,
+    search: Arc<[String]>,
+    page_size: u32,
+    hydrate: Option<Arc<[String]>>,
 }
 
 /// Pages through one slice, sending each page to the consumer, until the slice ends, a
 /// request fails for good, or the consumer hangs up.
 async fn fetch_slice(
-    client: Client,
-    job: PollJob,
-    window: Window,
+    fetcher: Fetcher,
     slice: Slice,
-    hydrate: Option<Arc<[String]>>,
     tx: mpsc::Sender<Fetched>,
     permits: Arc<Semaphore>,
 ) {
-    let object = &job.object;
+    let Fetcher {
+        client,
+        object,
+        window,
+        search,
+        page_size,
+        hydrate,
+    } = fetcher;
     let mut after = slice.resume_after();
     loop {
-        let body = SearchBody::keyed(
-            object,
-            window,
-            &slice,
-            after,
-            &job.properties,
-            job.page_size,
-        );
+        let body = SearchBody::keyed(&object, window, &slice, after, &search, page_size);
         let page = {
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            match client.search(object, &body, after).await {
-                Ok(page) => hydrated(&client, object, page, hydrate.as_deref()).await,
+            match client.search(&object, &body, after).await {
+                Ok(page) => hydrated(&client, &object, page, hydrate.as_deref()).await,
                 Err(e) => Err(e),
             }
         };

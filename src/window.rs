@@ -30,6 +30,8 @@ pub struct Window {
 pub struct OpenWindow {
     pub window: Window,
     pub slices: Vec<Slice>,
+    /// Whether it re-delivers the destination's whole history (`--refresh`).
+    pub refresh: bool,
 }
 
 /// An id range of a window, `after < id ≤ upto`, scanned by keyed pages on its own. Every
@@ -123,41 +125,58 @@ pub enum Plan {
     Empty(Window),
 }
 
-/// Bounds that contradict each other.
+/// A window that cannot be planned.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("--since {since} is after --until {until}")]
-pub struct InvertedBounds {
-    pub since: Millis,
-    pub until: Millis,
+pub enum PlanError {
+    #[error("--since {since} is after --until {until}")]
+    InvertedBounds { since: Millis, until: Millis },
+    #[error(
+        "a --refresh of this destination is not finished; run without --since/--until to complete it first"
+    )]
+    RefreshOpen,
 }
 
-/// Decides the window of this run.
+/// What the user asked of the main window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ask {
+    pub bounds: Bounds,
+    /// Re-deliver the whole history (`--refresh`).
+    pub refresh: bool,
+}
+
+/// Decides the main window of this run.
 ///
 /// # Errors
-/// When `--since` is after `--until`.
+/// When `--since` is after `--until`, or names another window while a refresh is open.
 pub fn plan(
     cursor: Option<Millis>,
     open: Option<OpenWindow>,
-    bounds: Bounds,
+    ask: Ask,
     now: Millis,
     margins: Margins,
-) -> Result<Plan, InvertedBounds> {
+) -> Result<Plan, PlanError> {
+    let bounds = ask.bounds;
     if let (Some(since), Some(until)) = (bounds.since, bounds.until)
         && since > until
     {
-        return Err(InvertedBounds { since, until });
+        return Err(PlanError::InvertedBounds { since, until });
     }
     if let Some(open) = open {
         let same_lo = bounds.since.is_none_or(|s| s == open.window.lo);
         let same_hi = bounds.until.is_none_or(|u| u == open.window.hi);
-        if same_lo && same_hi {
+        // A refresh half done must finish: the destination was told it has the new list.
+        if open.refresh && !(same_lo && same_hi) {
+            return Err(PlanError::RefreshOpen);
+        }
+        if open.refresh || (same_lo && same_hi && !ask.refresh) {
             return Ok(Plan::Resume(open));
         }
     }
-    let lo = bounds.since.unwrap_or_else(|| match cursor {
-        Some(c) => c.minus(margins.overlap).max(Millis::BEGINNING),
-        None => Millis::BEGINNING,
-    });
+    let lo = match (ask.refresh, bounds.since, cursor) {
+        (true, _, _) | (false, None, None) => Millis::BEGINNING,
+        (false, Some(since), _) => since,
+        (false, None, Some(c)) => c.minus(margins.overlap).max(Millis::BEGINNING),
+    };
     // Never past now − settle: a cursor in the future would skip what is modified
     // between now and then.
     let settled = now.minus(margins.settle);
@@ -168,6 +187,37 @@ pub fn plan(
     } else {
         Ok(Plan::Fresh(window))
     }
+}
+
+/// Decides the trailing window of a run (`--recheck DUR`): from where the previous
+/// trailing window ended (minus `overlap`) to `recheck` before now. It starts, the first
+/// time, `recheck` before the main cursor as the run found it; on a first run (no
+/// cursor) there is nothing behind to recheck. `None` when rechecking is off or has
+/// nothing to start from.
+pub fn plan_recheck(
+    recheck_cursor: Option<Millis>,
+    main_cursor: Option<Millis>,
+    open: Option<OpenWindow>,
+    now: Millis,
+    recheck: Duration,
+    overlap: Duration,
+) -> Option<Plan> {
+    if recheck.is_zero() {
+        return None;
+    }
+    if let Some(open) = open {
+        return Some(Plan::Resume(open));
+    }
+    let from = recheck_cursor.or_else(|| main_cursor.map(|c| c.minus(recheck)))?;
+    let window = Window {
+        lo: from.minus(overlap).max(Millis::BEGINNING),
+        hi: now.minus(recheck),
+    };
+    Some(if window.lo > window.hi {
+        Plan::Empty(window)
+    } else {
+        Plan::Fresh(window)
+    })
 }
 
 /// The cursor after `window` commits: its `hi`, but never earlier than the stored one
@@ -211,13 +261,25 @@ mod tests {
                 last_id: Some(RecordId(77)),
                 ..Slice::WHOLE
             }],
+            refresh: false,
         };
-        let none = Bounds::default();
-        let since = |s: i64| Bounds {
-            since: Some(Millis(s)),
-            until: None,
+        let refreshing = OpenWindow {
+            refresh: true,
+            ..open.clone()
         };
-        type Case = (&'static str, Option<i64>, Option<OpenWindow>, Bounds, Plan);
+        let none = Ask::default();
+        let since = |s: i64| Ask {
+            bounds: Bounds {
+                since: Some(Millis(s)),
+                until: None,
+            },
+            refresh: false,
+        };
+        let refresh = Ask {
+            refresh: true,
+            ..Ask::default()
+        };
+        type Case = (&'static str, Option<i64>, Option<OpenWindow>, Ask, Plan);
         let cases: Vec<Case> = vec![
             (
                 "first run covers all history",
@@ -244,11 +306,35 @@ mod tests {
                 "--until bounds the window",
                 None,
                 None,
-                Bounds {
-                    since: Some(Millis(10 * MIN)),
-                    until: Some(Millis(20 * MIN)),
+                Ask {
+                    bounds: Bounds {
+                        since: Some(Millis(10 * MIN)),
+                        until: Some(Millis(20 * MIN)),
+                    },
+                    refresh: false,
                 },
                 Plan::Fresh(w(10 * MIN, 20 * MIN)),
+            ),
+            (
+                "--refresh covers all history whatever the cursor",
+                Some(990 * MIN),
+                None,
+                refresh,
+                Plan::Fresh(w(1_000, now - 30_000)),
+            ),
+            (
+                "--refresh abandons an ordinary open window",
+                Some(990 * MIN),
+                Some(open.clone()),
+                refresh,
+                Plan::Fresh(w(1_000, now - 30_000)),
+            ),
+            (
+                "a refresh window resumes even without --refresh",
+                Some(990 * MIN),
+                Some(refreshing.clone()),
+                none,
+                Plan::Resume(refreshing.clone()),
             ),
             (
                 "an open window resumes with its frozen hi",
@@ -275,10 +361,7 @@ mod tests {
                 "runs closer than settle have nothing to scan",
                 Some(now + MIN),
                 None,
-                Bounds {
-                    since: None,
-                    until: None,
-                },
+                none,
                 Plan::Fresh(w(now - 4 * MIN, now - 30_000)),
             ),
             (
@@ -296,12 +379,112 @@ mod tests {
     }
 
     #[test]
-    fn inverted_bounds_are_refused() {
-        let bounds = Bounds {
-            since: Some(Millis(2)),
-            until: Some(Millis(1)),
+    fn inverted_bounds_and_abandoned_refreshes_are_refused() {
+        let ask = Ask {
+            bounds: Bounds {
+                since: Some(Millis(2)),
+                until: Some(Millis(1)),
+            },
+            refresh: false,
         };
-        assert!(plan(None, None, bounds, Millis(10), margins()).is_err());
+        assert!(plan(None, None, ask, Millis(10), margins()).is_err());
+        let open = OpenWindow {
+            window: w(1_000, 5_000),
+            slices: vec![Slice::WHOLE],
+            refresh: true,
+        };
+        let since = Ask {
+            bounds: Bounds {
+                since: Some(Millis(2_000)),
+                until: None,
+            },
+            refresh: false,
+        };
+        assert_eq!(
+            plan(None, Some(open), since, Millis(10_000), margins()),
+            Err(PlanError::RefreshOpen)
+        );
+    }
+
+    #[test]
+    fn recheck_windows_trail_by_the_recheck_time() {
+        let hour = Duration::from_secs(3_600);
+        let overlap = Duration::from_secs(300);
+        let now = 1_000 * MIN;
+        let open = OpenWindow {
+            window: w(1, 2),
+            slices: vec![Slice::WHOLE],
+            refresh: false,
+        };
+        type Case = (
+            &'static str,
+            Option<i64>,
+            Option<i64>,
+            Option<OpenWindow>,
+            Duration,
+            Option<Plan>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "off",
+                Some(900 * MIN),
+                Some(990 * MIN),
+                None,
+                Duration::ZERO,
+                None,
+            ),
+            (
+                "a first run has nothing behind it",
+                None,
+                None,
+                None,
+                hour,
+                None,
+            ),
+            (
+                "the first trailing window starts an hour before the main cursor",
+                None,
+                Some(995 * MIN),
+                None,
+                hour,
+                Some(Plan::Fresh(w(930 * MIN, 940 * MIN))),
+            ),
+            (
+                "later ones start where the last ended, minus the overlap",
+                Some(935 * MIN),
+                Some(995 * MIN),
+                None,
+                hour,
+                Some(Plan::Fresh(w(930 * MIN, 940 * MIN))),
+            ),
+            (
+                "nothing new behind yet",
+                Some(941 * MIN),
+                Some(995 * MIN),
+                None,
+                Duration::from_secs(3_600 + 600),
+                Some(Plan::Empty(w(936 * MIN, 930 * MIN))),
+            ),
+            (
+                "an open trailing window resumes",
+                Some(935 * MIN),
+                Some(995 * MIN),
+                Some(open.clone()),
+                hour,
+                Some(Plan::Resume(open.clone())),
+            ),
+        ];
+        for (name, recheck, main, open, every, want) in cases {
+            let got = plan_recheck(
+                recheck.map(Millis),
+                main.map(Millis),
+                open,
+                Millis(now),
+                every,
+                overlap,
+            );
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     #[test]
@@ -360,11 +543,14 @@ mod tests {
 
     #[test]
     fn until_is_clamped_to_now_minus_settle() {
-        let bounds = Bounds {
-            since: Some(Millis(0)),
-            until: Some(Millis(10 * MIN)),
+        let ask = Ask {
+            bounds: Bounds {
+                since: Some(Millis(0)),
+                until: Some(Millis(10 * MIN)),
+            },
+            refresh: false,
         };
-        let got = plan(None, None, bounds, Millis(MIN), margins()).unwrap();
+        let got = plan(None, None, ask, Millis(MIN), margins()).unwrap();
         assert_eq!(got, Plan::Fresh(w(0, MIN - 30_000)));
     }
 }

@@ -148,7 +148,8 @@ async fn a_failing_handler_leaves_the_cursor_and_a_rerun_delivers_the_window() {
         if printf '%s' \"$input\" | grep -q '\"id\":\"555\"'; then echo 'cannot load record 555' >&2; exit 3; fi; \
         printf '%s\\n' \"$input\" >> delivered.jsonl";
     let good = "exec:cat >> delivered.jsonl";
-    // Sequential pages of 100, so the failing page is exactly the sixth.
+    // Sequential pages of 100, so the failing page is exactly the sixth. The fixed
+    // handler is another command: naming the destination keeps its state.
     let poll = |sink: &str| {
         env.cmd(&[
             "poll",
@@ -161,6 +162,8 @@ async fn a_failing_handler_leaves_the_cursor_and_a_rerun_delivers_the_window() {
             "1",
             "--sink",
             sink,
+            "--destination",
+            "loader",
         ])
     };
 

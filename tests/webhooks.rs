@@ -304,7 +304,7 @@ async fn a_burst_with_duplicates_and_disorder_is_delivered_once_and_fast() {
             "4000d",
             "--json",
             "--sink",
-            &format!("jsonl:{}", env.path("out.jsonl").display()),
+            &slow,
         ])
         .run()
         .await

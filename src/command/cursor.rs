@@ -1,67 +1,111 @@
-//! `cursor show|set|reset OBJECT`: read or move where the next run starts. Setting and
-//! resetting take the object's lock, so they never race a running sync.
+//! `cursor show|set|reset OBJECT`: read or move where the next run of one sync starts.
+//! An object synced to several destinations needs `--sink` or `--destination`: the
+//! command refuses to guess. Setting and resetting take the sync's lock, so they never
+//! race a running sync.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::config::CursorConfig;
+use crate::config::{CursorConfig, CursorOp, UsageError};
+use crate::destination::Destination;
 use crate::lock::ObjectLock;
-use crate::state::State;
+use crate::state::{self, State};
 
 /// Runs a cursor command on the state file `db`.
 ///
 /// # Errors
-/// Lock held, an unreadable state file, or a declined confirmation.
-pub fn run(db: &Path, config: &CursorConfig) -> Result<()> {
+/// Lock held, an unreadable state file, an ambiguous destination, or a declined
+/// confirmation.
+pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
+    let object = &config.object;
     let mut out = std::io::stdout().lock();
-    match config {
-        CursorConfig::Show(object) => {
-            let cursor = if db.exists() {
-                State::open(db)?.cursor(object)?
-            } else {
-                None
-            };
-            match cursor {
-                Some(c) => writeln!(out, "{c}")?,
-                None => writeln!(out, "none")?,
-            }
+    if let CursorOp::Show = config.op {
+        let cursor = if db.exists() {
+            let state = state::open_read_only(db)?;
+            let destination = pick(&state, config).await?;
+            let syncs = state.syncs(Some(object)).await?;
+            syncs
+                .into_iter()
+                .find(|s| {
+                    destination
+                        .as_ref()
+                        .is_some_and(|d| d.key() == s.destination.key())
+                })
+                .and_then(|s| s.cursor)
+        } else {
+            None
+        };
+        match cursor {
+            Some(c) => writeln!(out, "{c}")?,
+            None => writeln!(out, "none")?,
         }
-        CursorConfig::Set(object, at) => {
-            let _lock = ObjectLock::acquire(db, object)?;
-            let mut state = State::open(db)?;
-            let before = state.cursor(object)?;
-            state.set_cursor(object, *at)?;
-            let before = before.map_or_else(|| "none".to_owned(), |c| c.to_string());
-            writeln!(out, "{object}: cursor {before} -> {at}")?;
+        return Ok(());
+    }
+    let state = state::open(db)?;
+    let destination = pick(&state, config)
+        .await?
+        .unwrap_or_else(|| Destination::named("sqlite", "sqlite"));
+    let _lock = ObjectLock::acquire(db, object, &destination)?;
+    let sync = state.sync(object, &destination).await?;
+    match config.op {
+        CursorOp::Show => {}
+        CursorOp::Set(at) => {
+            state.set_cursor(sync.id, at).await?;
+            let before = sync
+                .cursor
+                .map_or_else(|| "none".to_owned(), |c| c.to_string());
+            writeln!(out, "{object} -> {destination}: cursor {before} -> {at}")?;
         }
-        CursorConfig::Reset {
-            object,
-            confirm,
-            redeliver,
-        } => {
-            let _lock = ObjectLock::acquire(db, object)?;
-            if *confirm {
-                let what = if *redeliver {
+        CursorOp::Reset { confirm, redeliver } => {
+            if confirm {
+                let what = if redeliver {
                     "re-reads all history and hands every record to the sink again"
                 } else {
                     "re-reads all history (versions already delivered are skipped)"
                 };
-                eprint!("Reset the cursor of {object}? The next run {what}. [y/N] ");
+                eprint!(
+                    "Reset the cursor of {object} -> {destination}? The next run {what}. [y/N] "
+                );
                 let mut answer = String::new();
                 std::io::stdin().lock().read_line(&mut answer)?;
                 if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    bail!("cursor of {object} left as it was");
+                    bail!("cursor of {object} -> {destination} left as it was");
                 }
             }
-            let mut state = State::open(db)?;
-            state.reset_cursor(object, *redeliver)?;
+            state.reset(sync.id, redeliver).await?;
             writeln!(
                 out,
-                "{object}: cursor reset; the next run covers all history"
+                "{object} -> {destination}: cursor reset; the next run covers all history"
             )?;
         }
     }
     Ok(())
+}
+
+/// The destination the command acts on: the one named, or the only one the object has
+/// (`None` when it has none yet).
+///
+/// # Errors
+/// A usage error when the object has several and none was named.
+async fn pick(state: &State, config: &CursorConfig) -> Result<Option<Destination>> {
+    if let Some(target) = &config.target {
+        return Ok(Some(target.clone()));
+    }
+    let syncs = state.syncs(Some(&config.object)).await?;
+    match syncs.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.destination.clone())),
+        many => {
+            let names: Vec<&str> = many.iter().map(|s| s.destination.key()).collect();
+            Err(UsageError::new(format!(
+                "{} is synced to {} destinations ({}); say which with --sink or --destination",
+                config.object,
+                many.len(),
+                names.join(", ")
+            ))
+            .into())
+        }
+    }
 }

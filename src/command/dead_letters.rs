@@ -6,26 +6,27 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::config::DeadLettersConfig;
-use crate::state::State;
+use crate::state;
 
 /// Lists or re-queues dead events in the state file `db`.
 ///
 /// # Errors
 /// When the state file cannot be read or written.
-pub fn run(db: &Path, config: &DeadLettersConfig) -> Result<()> {
+pub async fn run(db: &Path, config: &DeadLettersConfig) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if !db.exists() {
         writeln!(out, "No state file at {}.", db.display())?;
         return Ok(());
     }
-    let mut state = State::open(db)?;
     match config {
         DeadLettersConfig::List { json: true } => {
-            serde_json::to_writer_pretty(&mut out, &state.dead_letters()?)?;
+            let state = state::open_read_only(db)?;
+            serde_json::to_writer_pretty(&mut out, &state.dead_letters().await?)?;
             writeln!(out)?;
         }
         DeadLettersConfig::List { json: false } => {
-            let dead = state.dead_letters()?;
+            let state = state::open_read_only(db)?;
+            let dead = state.dead_letters().await?;
             if dead.is_empty() {
                 writeln!(out, "No dead letters.")?;
             }
@@ -43,7 +44,7 @@ pub fn run(db: &Path, config: &DeadLettersConfig) -> Result<()> {
             }
         }
         DeadLettersConfig::Retry => {
-            let n = state.retry_dead()?;
+            let n = state::open(db)?.retry_dead().await?;
             writeln!(
                 out,
                 "{n} dead events queued again; a running serve delivers them"

@@ -9,14 +9,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::config::{DemoConfig, PollConfig};
+use crate::destination::Destination;
 use crate::mock::{MockHubspot, Store, seed};
 use crate::object::ObjectType;
 use crate::report::RunReport;
 use crate::sink::SinkSpec;
-use crate::state::State;
-use crate::sync::PollJob;
+use crate::state::Pass;
+use crate::sync::{PollJob, Wanted};
 use crate::timestamp::Millis;
-use crate::window::{Bounds, Margins};
+use crate::window::{Ask, Margins};
 
 /// Runs the demo.
 ///
@@ -60,15 +61,11 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     client.token = crate::token::Token::new(token);
     let poll = PollConfig {
         job: PollJob {
-            properties: vec![
-                "firstname".into(),
-                "lastname".into(),
-                "email".into(),
-                "lastmodifieddate".into(),
-                "hs_object_id".into(),
-            ],
+            wanted: Wanted::Named(vec!["firstname".into(), "lastname".into(), "email".into()]),
             object: object.clone(),
-            bounds: Bounds::default(),
+            destination: Destination::named("sqlite", "sqlite"),
+            pass: Pass::Main,
+            ask: Ask::default(),
             // The fake has no index lag, so the demo needs no settle time.
             margins: Margins {
                 overlap: Duration::from_secs(300),
@@ -76,7 +73,8 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
             },
             page_size: 200,
             concurrency: 4,
-            all_properties: false,
+            recheck: Duration::from_secs(3_600),
+            deletes_every: Duration::ZERO,
         },
         sink: SinkSpec::Sqlite,
         client,
@@ -117,8 +115,8 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     let third = super::poll::execute(&db, &poll).await?.into_result()?;
     step(&mut out, "3. Nothing changed, poll again", &third)?;
 
-    let state = State::open(&db)?;
-    let status = state.status()?;
+    let state = crate::state::open(&db)?;
+    let status = state.status().await?;
     if let Some(s) = status.first() {
         writeln!(
             out,
@@ -130,7 +128,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
         out,
         "\nThree of the records now in the state file's `records` table:"
     )?;
-    for line in state.sample_records(object.as_str(), 3)? {
+    for line in state.sample_records(&object, 3).await? {
         writeln!(out, "  {line}")?;
     }
     writeln!(

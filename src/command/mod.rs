@@ -8,3 +8,4 @@ pub mod mock;
 pub mod poll;
 pub mod serve;
 pub mod status;
+pub mod verify;

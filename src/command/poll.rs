@@ -25,7 +25,7 @@ pub struct Interrupted;
 /// Lock held, state file unusable, or the run's own failure (cursor unchanged).
 pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
-    let _lock = ObjectLock::acquire(db, &config.job.object)?;
+    let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
     let mut engine = Engine::open(db, &config.client, &config.sink, config.progress)?;
     if let Some(interval) = config.interval {
         return watch::run(&mut engine, &config.job, interval, &shutdown, |report| {
@@ -46,7 +46,7 @@ pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
 /// # Errors
 /// When the run could not start: lock held, state file or client unusable.
 pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
-    let _lock = ObjectLock::acquire(db, &config.job.object)?;
+    let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
     let mut engine = Engine::open(db, &config.client, &config.sink, config.progress)?;
     engine
         .poll(&config.job, Millis::now(), &Shutdown::default())

@@ -7,8 +7,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -16,12 +16,12 @@ use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::ServeConfig;
-use crate::hubspot::error::is_auth_failure;
+use crate::destination::Destination;
+use crate::hubspot::error::{is_auth_failure, is_daily_limit};
 use crate::lock::ObjectLock;
-use crate::object::ObjectType;
 use crate::progress::ProgressMode;
 use crate::shutdown::Shutdown;
-use crate::state::State;
+use crate::state::Sqlite;
 use crate::sync::Engine;
 use crate::timestamp::Millis;
 use crate::webhook::receiver::{Receiver, router};
@@ -32,6 +32,10 @@ const DRAIN_BUDGET: Duration = Duration::from_secs(5);
 /// Done events are kept this long to recognise HubSpot's redeliveries (it retries for a
 /// day), then pruned.
 const KEEP_DONE: Duration = Duration::from_secs(3 * 86_400);
+/// How long the worker waits after HubSpot's daily limit ran out before it tries again
+/// (the limit resets at midnight in the account's time zone; retrying sooner only takes
+/// from the portal's other apps).
+const DAILY_PAUSE: Duration = Duration::from_secs(900);
 
 /// Delivers due events, a batch at a time, for at most [`DRAIN_BUDGET`]; a signal stops
 /// it between batches. State file errors are logged and retried on the next turn.
@@ -40,16 +44,26 @@ const KEEP_DONE: Duration = Duration::from_secs(3 * 86_400);
 /// A refused token.
 async fn drain(
     engine: &mut Engine,
-    properties: &dyn Fn(&ObjectType) -> Vec<String>,
+    destination: &Destination,
     retry: worker::Retry,
     shutdown: &Shutdown,
+    paused_until: &mut Option<Instant>,
 ) -> Result<()> {
-    let started = std::time::Instant::now();
+    if paused_until.is_some_and(|until| Instant::now() < until) {
+        return Ok(());
+    }
+    let started = Instant::now();
     while !shutdown.requested() && started.elapsed() < DRAIN_BUDGET {
-        match worker::drain_once(engine, properties, retry).await {
+        match worker::drain_once(engine, destination, retry).await {
             Ok(pass) if pass.events == 0 || pass.failed == pass.events => break,
             Ok(_) => {}
             Err(error) if is_auth_failure(&error) => return Err(error),
+            Err(error) if is_daily_limit(&error) => {
+                tracing::error!(error = %format!("{error:#}"),
+                    "webhook worker paused for {}: queued events wait", humantime::format_duration(DAILY_PAUSE));
+                *paused_until = Some(Instant::now() + DAILY_PAUSE);
+                break;
+            }
             Err(error) => {
                 tracing::error!(error = %format!("{error:#}"), "webhook worker failed; retrying");
                 break;
@@ -59,6 +73,7 @@ async fn drain(
     if let Err(error) = engine
         .state
         .prune_done_events(Millis::now().minus(KEEP_DONE))
+        .await
     {
         tracing::warn!(error = %format!("{error:#}"), "could not prune old webhook events");
     }
@@ -74,7 +89,7 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     let _locks = config
         .polls
         .iter()
-        .map(|job| ObjectLock::acquire(db, &job.object))
+        .map(|job| ObjectLock::acquire(db, &job.object, &job.destination))
         .collect::<Result<Vec<_>>>()?;
     let mut engine = Engine::open(db, &config.client, &config.sink, ProgressMode::Hidden)?;
     let listener = TcpListener::bind(config.listen)
@@ -86,11 +101,11 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{addr}/webhooks/hubspot"));
     let queued = Arc::new(Notify::new());
-    let receiver_state = State::open(db)?;
+    let receiver_state = Sqlite::open(db)?;
     // Better a quick 503 (HubSpot retries) than an answer after its 5-second timeout.
     receiver_state.set_busy_timeout(Duration::from_secs(2))?;
     let receiver = Arc::new(Receiver {
-        state: Mutex::new(receiver_state),
+        state: Arc::new(receiver_state),
         secret: config.secret.expose().as_bytes().to_vec(),
         public_url: public_url.clone(),
         accept: config.accept,
@@ -114,13 +129,7 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     let mut reconcile = tokio::time::interval(config.interval);
     reconcile.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let polling = !config.polls.is_empty();
-    let properties = |object: &ObjectType| -> Vec<String> {
-        object
-            .default_properties()
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect()
-    };
+    let mut paused_until = None;
     let retry = worker::Retry {
         base: config.client.retry.base,
         dead_after: config.dead_after,
@@ -134,6 +143,8 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
                     match engine.poll(job, Millis::now(), &shutdown).await {
                         Ok(finished) => match finished.error {
                             Some(error) if is_auth_failure(&error) => return Err(error),
+                            Some(error) if is_daily_limit(&error) => tracing::error!(object = %job.object,
+                                error = %format!("{error:#}"), "reconciliation window stopped; the next tick tries again"),
                             Some(error) => tracing::error!(object = %job.object, error = %format!("{error:#}"),
                                 "reconciliation window failed; the next tick retries it"),
                             None => {}
@@ -145,7 +156,14 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
             }
             () = shutdown.wait() => break,
         }
-        drain(&mut engine, &properties, retry, &shutdown).await?;
+        drain(
+            &mut engine,
+            &config.destination,
+            retry,
+            &shutdown,
+            &mut paused_until,
+        )
+        .await?;
     }
     server
         .await

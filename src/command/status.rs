@@ -1,5 +1,5 @@
-//! `status [OBJECT]`: where every cursor stands, as a table or JSON. Reads the state file
-//! and never creates one.
+//! `status [OBJECT]`: where every sync (object, destination) stands, as a table or JSON.
+//! Reads the state file and never creates one.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,19 +8,22 @@ use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::config::StatusConfig;
-use crate::state::{ObjectStatus, State};
+use crate::state::{self, QueueDepth, SyncStatus};
 use crate::timestamp::Millis;
-use crate::webhook::queue::QueueDepth;
 
-/// Prints the status of every object (or one) in the state file `db`.
+/// A cursor further ahead of the clock than this is a clock that jumped: stale.
+const FUTURE_SLACK_MS: i64 = 60_000;
+
+/// Prints the status of every sync (or one object's) in the state file `db`.
 ///
 /// # Errors
 /// When the state file cannot be read or stdout written.
-pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
-    let (objects, webhooks): (Vec<ObjectStatus>, QueueDepth) = if db.exists() {
-        let state = State::open(db)?;
+pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
+    let (objects, webhooks): (Vec<SyncStatus>, QueueDepth) = if db.exists() {
+        let state = state::open_read_only(db)?;
         let objects = state
-            .status()?
+            .status()
+            .await?
             .into_iter()
             .filter(|s| {
                 config
@@ -29,7 +32,7 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
                     .is_none_or(|o| o.as_str() == s.object)
             })
             .collect();
-        (objects, state.queue_depth()?)
+        (objects, state.queue_depth().await?)
     } else {
         (Vec::new(), QueueDepth::default())
     };
@@ -37,11 +40,11 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
     print(db, config, &objects, webhooks, now)?;
     if let Some(limit) = config.stale_after {
         let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
-        let names = |o: &ObjectStatus| o.object.clone();
+        let name = |o: &SyncStatus| format!("{} -> {}", o.object, o.destination);
         let never: Vec<String> = objects
             .iter()
             .filter(|o| o.cursor_ms.is_none())
-            .map(names)
+            .map(name)
             .collect();
         let old: Vec<String> = objects
             .iter()
@@ -49,8 +52,19 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
             .map(|o| {
                 format!(
                     "{} ({} old)",
-                    o.object,
+                    name(o),
                     age(now.0 - o.cursor_ms.unwrap_or(0))
+                )
+            })
+            .collect();
+        let future: Vec<String> = objects
+            .iter()
+            .filter(|o| o.cursor_ms.is_some_and(|c| c - now.0 > FUTURE_SLACK_MS))
+            .map(|o| {
+                format!(
+                    "{} (cursor {} in the future: did the clock jump?)",
+                    name(o),
+                    age(o.cursor_ms.unwrap_or(0) - now.0)
                 )
             })
             .collect();
@@ -58,8 +72,9 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
         if objects.is_empty() {
             bail!("stale: no cursor for {wanted} in {}", db.display());
         }
-        if !never.is_empty() || !old.is_empty() {
+        if !never.is_empty() || !old.is_empty() || !future.is_empty() {
             let mut parts = old;
+            parts.extend(future);
             parts.extend(never.into_iter().map(|o| format!("{o} (never committed)")));
             bail!(
                 "stale: {} older than --stale-after {}",
@@ -74,7 +89,7 @@ pub fn run(db: &Path, config: &StatusConfig) -> Result<()> {
 fn print(
     db: &Path,
     config: &StatusConfig,
-    objects: &[ObjectStatus],
+    objects: &[SyncStatus],
     webhooks: QueueDepth,
     now: Millis,
 ) -> Result<()> {
@@ -91,8 +106,8 @@ fn print(
     }
     writeln!(
         out,
-        "{:<12} {:<25} {:>9}  {:<34} LAST RUN",
-        "OBJECT", "CURSOR", "AGE", "OPEN WINDOW"
+        "{:<12} {:<24} {:<25} {:>9}  {:<34} LAST RUN",
+        "OBJECT", "DESTINATION", "CURSOR", "AGE", "OPEN WINDOW"
     )?;
     for s in objects {
         let (cursor, age) = match s.cursor_ms {
@@ -138,8 +153,8 @@ fn print(
         );
         writeln!(
             out,
-            "{:<12} {cursor:<25} {age:>9}  {open:<34} {last}",
-            s.object
+            "{:<12} {:<24} {cursor:<25} {age:>9}  {open:<34} {last}",
+            s.object, s.destination
         )?;
     }
     if webhooks.queued + webhooks.dead > 0 {

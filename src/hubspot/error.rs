@@ -68,6 +68,9 @@ impl ApiError {
     /// Whether trying the same request again can succeed (`Some`), and why.
     pub fn retry_cause(&self) -> Option<RetryCause> {
         match self {
+            // The daily limit resets at midnight in the account's time zone: retrying
+            // only burns what the portal's other apps have left (hubspot-api.md §15).
+            ApiError::Status { status: 429, .. } if self.is_daily_limit() => None,
             ApiError::Status {
                 status: 429, body, ..
             } => {
@@ -97,14 +100,25 @@ impl ApiError {
         }
     }
 
-    /// Whether the token was refused: retrying on a later tick cannot help either.
+    /// Whether the token was refused: retrying on a later tick cannot help either. 530
+    /// is what HubSpot's edge (Cloudflare) answers for a malformed token (Airbyte's
+    /// source-hubspot `streams.py`, hubspot-api.md §15).
     pub fn is_auth(&self) -> bool {
         matches!(
             self,
             ApiError::Status {
-                status: 401 | 403,
+                status: 401 | 403 | 530,
                 ..
             }
+        )
+    }
+
+    /// Whether this is the account's daily limit (a 429 with `policyName` `DAILY`).
+    pub fn is_daily_limit(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Status { status: 429, body: Some(body), .. }
+                if body.policy_name.as_deref() == Some("DAILY")
         )
     }
 }
@@ -113,6 +127,15 @@ impl ApiError {
 pub fn is_auth_failure(err: &anyhow::Error) -> bool {
     err.chain()
         .any(|e| e.downcast_ref::<ApiError>().is_some_and(ApiError::is_auth))
+}
+
+/// Whether `err` is (or wraps) the account's daily limit: nothing works before it
+/// resets, so loops wait for their next tick instead of retrying.
+pub fn is_daily_limit(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<ApiError>()
+            .is_some_and(ApiError::is_daily_limit)
+    })
 }
 
 struct StatusLine<'a> {
@@ -128,7 +151,21 @@ impl fmt::Display for StatusLine<'_> {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
+        let daily = self.status == 429
+            && self
+                .body
+                .as_ref()
+                .is_some_and(|b| b.policy_name.as_deref() == Some("DAILY"));
+        if daily {
+            f.write_str(
+                "HubSpot's daily API limit for this account is used up; nothing is retried \
+                 before it resets at midnight in the account's time zone. ",
+            )?;
+        }
         write!(f, "HubSpot answered {} {reason}", self.status)?;
+        if self.status == 530 {
+            f.write_str(" (HubSpot's edge answers 530 to a malformed token: check HUBSPOT_TOKEN)")?;
+        }
         match (self.body, self.snippet) {
             (Some(body), _) => {
                 if let Some(message) = &body.message {
@@ -192,11 +229,36 @@ mod tests {
             (403, "{}", None),
             (404, "{}", None),
             (522, "{}", None),
+            (530, "", None),
             (408, "", Some(RetryCause::ServerError)),
+            (
+                429,
+                r#"{"message":"You have reached your daily limit.","policyName":"DAILY"}"#,
+                None,
+            ),
         ];
         for (code, body, want) in cases {
             assert_eq!(status(code, body).retry_cause(), want, "{code} {body}");
         }
+    }
+
+    #[test]
+    fn the_daily_limit_says_so() {
+        let e = status(
+            429,
+            r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","correlationId":"c033","policyName":"DAILY"}"#,
+        );
+        assert!(e.is_daily_limit());
+        let line = e.to_string();
+        assert!(
+            line.starts_with("HubSpot's daily API limit for this account is used up"),
+            "{line}"
+        );
+        assert!(
+            line.contains("You have reached your daily limit. (correlation id c033)"),
+            "{line}"
+        );
+        assert!(status(530, "").is_auth());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Talking to HubSpot: the HTTP client with pacing and retries (`client`), the typed
 //! error the retry loop branches on (`error`), the backoff schedule (`retry`), keyed
-//! CRM search (`search`) and `--all-properties` hydration by batch read (`hydrate`).
+//! CRM search (`search`), `--all-properties` hydration by batch read (`hydrate`) and the
+//! list endpoint for deletions and `verify` (`list`).
 
 pub mod client;
 pub mod error;
 pub mod hydrate;
+pub mod list;
 pub mod retry;
 pub mod search;
 

@@ -153,6 +153,8 @@ pub struct RawRecord {
     pub updated_at: String,
     #[serde(default)]
     pub archived: bool,
+    #[serde(default)]
+    pub archived_at: Option<String>,
 }
 
 /// A checked page.
@@ -266,6 +268,8 @@ impl RawRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             archived: self.archived,
+            archived_at: self.archived_at,
+            merged_into: None,
         })
     }
 }

@@ -1,22 +1,16 @@
-//! The fake's data and its search semantics: filter groups (OR of ANDs), the operators
-//! HubSpot documents, one sort, `limit` ≤ 200, `after` as an offset capped at 10,000,
-//! and `total` (hubspot-api.md §1–§2). Pure: the server in `mod.rs` owns the effects.
+//! The fake's data: every object's records, and what happens to them in HubSpot —
+//! modifications (seen by search only after the index lag), deletions (archived, in the
+//! recycle bin, restorable), hard and GDPR deletions, merges (a new record with a new id
+//! that the old ids resolve to), and records the search index never shows. Search
+//! semantics are in `search.rs`; the HTTP side in `routes.rs`.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use rand::Rng;
-use rand::seq::SliceRandom;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::object::ObjectType;
 use crate::timestamp::Millis;
-
-/// HubSpot's cap on reachable results of one query.
-pub const MAX_REACHABLE: u64 = 10_000;
-/// HubSpot's largest page.
-pub const MAX_LIMIT: u64 = 200;
 
 /// One record as the fake keeps it.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +26,13 @@ pub struct FakeRecord {
     /// version in `previous` (or nothing, for a record not yet indexed at all).
     pub indexed_at: Millis,
     pub previous: Option<Box<FakeRecord>>,
+    /// When it was deleted (archived): gone from search, the live list and batch read,
+    /// listed with `archived=true`.
+    pub archived_at: Option<Millis>,
+    /// The search index never shows it (list and batch read do).
+    pub hidden: bool,
+    /// Ids merged into this record (`hs_merged_object_ids`).
+    pub merged: Vec<u64>,
 }
 
 impl FakeRecord {
@@ -50,154 +51,43 @@ impl FakeRecord {
             revision: 0,
             indexed_at: Millis(0),
             previous: None,
+            archived_at: None,
+            hidden: false,
+            merged: Vec::new(),
         }
     }
 
     /// The version search shows at `now`, if any.
-    fn indexed(&self, now: Millis) -> Option<&FakeRecord> {
+    pub(super) fn searchable(&self, now: Millis) -> Option<&FakeRecord> {
+        if self.archived_at.is_some() || self.hidden {
+            return None;
+        }
         if now >= self.indexed_at {
             Some(self)
         } else {
             self.previous.as_deref()
         }
     }
+
+    /// Whether the live list and batch read show it.
+    pub fn is_live(&self) -> bool {
+        self.archived_at.is_none()
+    }
 }
 
 /// Every object's records, ordered by id.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
-    objects: BTreeMap<String, BTreeMap<u64, FakeRecord>>,
+    pub(super) objects: BTreeMap<String, BTreeMap<u64, FakeRecord>>,
+    /// Old ids of merged records, by object: the record they resolve to.
+    aliases: BTreeMap<String, BTreeMap<u64, u64>>,
     /// Bumped by every change, so cached match lists know when they are stale.
-    generation: u64,
+    pub(super) generation: u64,
     /// Until then some modification is not visible to search yet: no caching.
-    lag_until: Millis,
+    pub(super) lag_until: Millis,
     /// Keyed-page match lists: ids (ascending) matching a group's filters other than
     /// the id bounds, by object and filters.
-    keyed: std::collections::HashMap<String, (u64, std::sync::Arc<[u64]>)>,
-}
-
-/// A search request as HubSpot accepts it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SearchRequest {
-    #[serde(default)]
-    pub filter_groups: Vec<FilterGroup>,
-    /// The undocumented top-level form; treated as one more group.
-    #[serde(default)]
-    pub filters: Vec<Filter>,
-    #[serde(default)]
-    pub sorts: Vec<SortSpec>,
-    #[serde(default)]
-    pub properties: Vec<String>,
-    pub limit: Option<u64>,
-    pub after: Option<Value>,
-}
-
-/// Filters ANDed together.
-#[derive(Debug, Default, Deserialize)]
-pub struct FilterGroup {
-    #[serde(default)]
-    pub filters: Vec<Filter>,
-}
-
-/// One filter.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Filter {
-    pub property_name: String,
-    pub operator: String,
-    pub value: Option<Value>,
-    pub high_value: Option<Value>,
-    pub values: Option<Vec<Value>>,
-}
-
-/// A sort: the documented object form or the SDKs' string form (`-createdate`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum SortSpec {
-    Object {
-        #[serde(rename = "propertyName")]
-        property_name: String,
-        direction: Option<String>,
-    },
-    Name(String),
-}
-
-/// Why HubSpot would answer 400.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Invalid {
-    #[error("limit {0} is above the maximum of {MAX_LIMIT}")]
-    Limit(u64),
-    #[error("Invalid after: {0}")]
-    After(String),
-    #[error("Paging past {MAX_REACHABLE} results is not allowed (after {after}, limit {limit})")]
-    PastCap { after: u64, limit: u64 },
-    #[error("There was a problem with the request: {0} filter groups, at most 5 allowed")]
-    TooManyGroups(usize),
-    #[error("There was a problem with the request: {0} filters in a group, at most 6 allowed")]
-    TooManyFilters(usize),
-    #[error("Only one sort is supported, got {0}")]
-    TooManySorts(usize),
-    #[error("Unknown operator {0}")]
-    Operator(String),
-    #[error("Filter on {0} needs a value")]
-    MissingValue(String),
-}
-
-/// One page of an answer.
-#[derive(Debug)]
-pub struct SearchResult {
-    pub total: u64,
-    /// The versions the index shows.
-    pub results: Vec<FakeRecord>,
-    pub next_after: Option<u64>,
-}
-
-/// How ties under the sort are ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TieOrder {
-    /// By id, as a stable sort would.
-    ById,
-    /// Shuffled on every request, as HubSpot does not promise an order among equals.
-    Unstable,
-}
-
-/// A comparable property value: numbers and datetimes as numbers, the rest as text.
-#[derive(Clone, Debug, PartialEq)]
-enum Val {
-    Num(f64),
-    Text(String),
-}
-
-impl Val {
-    fn parse(s: &str) -> Val {
-        if let Ok(n) = s.trim().parse::<f64>() {
-            return Val::Num(n);
-        }
-        match Millis::parse_hubspot(s) {
-            #[allow(clippy::cast_precision_loss)]
-            Some(t) => Val::Num(t.0 as f64),
-            None => Val::Text(s.to_lowercase()),
-        }
-    }
-
-    fn from_json(v: &Value) -> Option<Val> {
-        match v {
-            Value::String(s) => Some(Val::parse(s)),
-            Value::Number(n) => n.as_f64().map(Val::Num),
-            Value::Bool(b) => Some(Val::Text(b.to_string())),
-            _ => None,
-        }
-    }
-
-    fn cmp(&self, other: &Val) -> Ordering {
-        match (self, other) {
-            (Val::Num(a), Val::Num(b)) => a.total_cmp(b),
-            (Val::Num(a), Val::Text(b)) => a.to_string().cmp(b),
-            (Val::Text(a), Val::Num(b)) => a.cmp(&b.to_string()),
-            (Val::Text(a), Val::Text(b)) => a.cmp(b),
-        }
-    }
+    pub(super) keyed: std::collections::HashMap<String, (u64, Arc<[u64]>)>,
 }
 
 impl Store {
@@ -217,12 +107,26 @@ impl Store {
         }
     }
 
-    /// The record `id` of `object`.
+    /// The record `id` of `object`, archived or not.
     pub fn get(&self, object: &str, id: u64) -> Option<&FakeRecord> {
         self.objects.get(object)?.get(&id)
     }
 
-    /// How many records `object` has.
+    /// The live record an id stands for: itself, or the record it was merged into, as
+    /// batch read resolves it.
+    pub fn resolve(&self, object: &str, id: u64) -> Option<&FakeRecord> {
+        let mut id = id;
+        // Merges chain (a winner merged again); aliases never form a loop.
+        for _ in 0..16 {
+            match self.get(object, id) {
+                Some(r) => return r.is_live().then_some(r),
+                None => id = *self.aliases.get(object)?.get(&id)?,
+            }
+        }
+        None
+    }
+
+    /// How many records `object` has (live or archived).
     pub fn len(&self, object: &str) -> usize {
         self.objects.get(object).map_or(0, BTreeMap::len)
     }
@@ -232,7 +136,7 @@ impl Store {
         self.objects.values().all(BTreeMap::is_empty)
     }
 
-    /// Every record of `object`, by id.
+    /// Every record of `object` (live or archived), by id.
     pub fn records(&self, object: &str) -> impl Iterator<Item = &FakeRecord> {
         self.objects
             .get(object)
@@ -240,25 +144,125 @@ impl Store {
             .flat_map(BTreeMap::values)
     }
 
+    /// The live records of `object`, by id.
+    pub fn live(&self, object: &str) -> impl Iterator<Item = &FakeRecord> {
+        self.records(object).filter(|r| r.is_live())
+    }
+
+    fn record_mut(&mut self, object: &str, id: u64) -> Option<&mut FakeRecord> {
+        self.generation += 1;
+        self.objects.get_mut(object)?.get_mut(&id)
+    }
+
     /// Modifies record `id` at `now`: a new revision whose modified time is `now`, or one
     /// millisecond after the old one when the clock has not moved on. Search shows the new
     /// version only after `lag`. Returns whether the record exists.
     pub fn touch(&mut self, object: &str, id: u64, now: Millis, lag: std::time::Duration) -> bool {
-        let Some(record) = self.objects.get_mut(object).and_then(|m| m.get_mut(&id)) else {
+        let Some(modified) = self
+            .get(object, id)
+            .map(|r| now.max(Millis(r.modified.0 + 1)))
+        else {
+            return false;
+        };
+        self.touch_at(object, id, modified, modified.plus(lag))
+    }
+
+    /// Modifies record `id` with the modified time `modified`, the new version visible to
+    /// search from `visible_at` on (a per-record index lag). Returns whether it exists.
+    pub fn touch_at(
+        &mut self,
+        object: &str,
+        id: u64,
+        modified: Millis,
+        visible_at: Millis,
+    ) -> bool {
+        let Some(record) = self.record_mut(object, id) else {
             return false;
         };
         let mut before = record.clone();
         before.previous = None;
         record.previous = Some(Box::new(before));
-        record.indexed_at = now.plus(lag);
-        self.generation += 1;
-        self.lag_until = self.lag_until.max(record.indexed_at);
-        record.modified = now.max(Millis(record.modified.0 + 1));
+        record.indexed_at = visible_at;
+        record.modified = modified;
         record.revision += 1;
         record
             .properties
             .insert("mock_revision".into(), record.revision.to_string());
+        self.lag_until = self.lag_until.max(visible_at);
         true
+    }
+
+    /// Deletes record `id` at `now` as the HubSpot UI does: archived, restorable.
+    pub fn archive(&mut self, object: &str, id: u64, now: Millis) -> bool {
+        let Some(record) = self.record_mut(object, id) else {
+            return false;
+        };
+        record.archived_at = Some(now);
+        true
+    }
+
+    /// Restores an archived record at `now`: live again, with a new version.
+    pub fn restore(&mut self, object: &str, id: u64, now: Millis) -> bool {
+        let Some(record) = self.record_mut(object, id) else {
+            return false;
+        };
+        record.archived_at = None;
+        self.touch(object, id, now, std::time::Duration::ZERO)
+    }
+
+    /// Deletes record `id` for good (a GDPR deletion, or the recycle bin emptied): gone
+    /// from search, both listings and batch read.
+    pub fn delete_for_good(&mut self, object: &str, id: u64) -> bool {
+        self.generation += 1;
+        self.objects
+            .get_mut(object)
+            .is_some_and(|m| m.remove(&id).is_some())
+    }
+
+    /// Hides record `id` from the search index for good (list and batch read see it).
+    pub fn hide_from_search(&mut self, object: &str, id: u64) -> bool {
+        let Some(record) = self.record_mut(object, id) else {
+            return false;
+        };
+        record.hidden = true;
+        true
+    }
+
+    /// Merges `others` into `primary` at `now` as HubSpot does today: a new record with a
+    /// new id takes the primary's properties and lists every merged id in
+    /// `hs_merged_object_ids`; the old ids leave search and both listings, and batch
+    /// read resolves them to the new record. Returns the new id.
+    pub fn merge(
+        &mut self,
+        object: &str,
+        primary: u64,
+        others: &[u64],
+        now: Millis,
+    ) -> Option<u64> {
+        let mut winner = self.get(object, primary)?.clone();
+        let new_id = self.objects.get(object)?.keys().next_back()? + 1;
+        let mut merged = vec![primary];
+        merged.extend_from_slice(&winner.merged);
+        for id in others {
+            let loser = self.objects.get_mut(object)?.remove(id)?;
+            merged.push(*id);
+            merged.extend(loser.merged);
+        }
+        self.objects.get_mut(object)?.remove(&primary);
+        merged.sort_unstable();
+        merged.dedup();
+        let aliases = self.aliases.entry(object.to_owned()).or_default();
+        for id in &merged {
+            aliases.insert(*id, new_id);
+        }
+        winner.id = new_id;
+        winner.created = now;
+        winner.modified = now;
+        winner.merged = merged;
+        winner.previous = None;
+        winner.indexed_at = Millis(0);
+        self.insert(object, winner);
+        Some(new_id)
     }
 
     /// Lets the search index catch up with every modification.
@@ -269,191 +273,6 @@ impl Store {
             record.indexed_at = Millis(0);
             record.previous = None;
         }
-    }
-
-    /// Answers a search of `object` as the index shows it at `now`.
-    ///
-    /// # Errors
-    /// [`Invalid`] where HubSpot answers 400.
-    pub fn search(
-        &mut self,
-        object: &ObjectType,
-        request: &SearchRequest,
-        now: Millis,
-        ties: TieOrder,
-        rng: &mut impl Rng,
-    ) -> Result<SearchResult, Invalid> {
-        let limit = request.limit.unwrap_or(10);
-        if limit > MAX_LIMIT {
-            return Err(Invalid::Limit(limit));
-        }
-        let after = match &request.after {
-            None => 0,
-            Some(v) => {
-                let s = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-                s.parse::<u64>().map_err(|_| Invalid::After(s))?
-            }
-        };
-        if after + limit > MAX_REACHABLE {
-            return Err(Invalid::PastCap { after, limit });
-        }
-        let mut groups: Vec<&[Filter]> = request
-            .filter_groups
-            .iter()
-            .map(|g| g.filters.as_slice())
-            .collect();
-        if !request.filters.is_empty() {
-            groups.push(&request.filters);
-        }
-        if groups.len() > 5 {
-            return Err(Invalid::TooManyGroups(groups.len()));
-        }
-        if let Some(g) = groups.iter().find(|g| g.len() > 6) {
-            return Err(Invalid::TooManyFilters(g.len()));
-        }
-        if request.sorts.len() > 1 {
-            return Err(Invalid::TooManySorts(request.sorts.len()));
-        }
-        for filter in groups.iter().flat_map(|g| g.iter()) {
-            check_filter(filter)?;
-        }
-
-        if let Some(result) = self.keyed_page(object, &groups, request, now, after, limit) {
-            return Ok(result);
-        }
-        let compiled: Vec<Vec<Compiled<'_>>> = groups
-            .iter()
-            .map(|g| g.iter().map(Compiled::new).collect())
-            .collect();
-        let records = self.objects.get(object.as_str());
-        let mut matches: Vec<&FakeRecord> = records
-            .into_iter()
-            .flat_map(|m| m.range(id_floor(&groups)..).map(|(_, r)| r))
-            .filter_map(|r| r.indexed(now))
-            .filter(|r| {
-                compiled.is_empty()
-                    || compiled
-                        .iter()
-                        .any(|g| g.iter().all(|f| f.matches(object, r)))
-            })
-            .collect();
-        if let Some(sort) = request.sorts.first() {
-            let (property, descending) = match sort {
-                SortSpec::Object {
-                    property_name,
-                    direction,
-                } => (
-                    property_name.as_str(),
-                    direction.as_deref() == Some("DESCENDING"),
-                ),
-                SortSpec::Name(name) => match name.strip_prefix('-') {
-                    Some(p) => (p, true),
-                    None => (name.as_str(), false),
-                },
-            };
-            sort_matches(object, &mut matches, property, descending, ties, rng);
-        }
-        let total = matches.len() as u64;
-        let start = usize::try_from(after)
-            .unwrap_or(usize::MAX)
-            .min(matches.len());
-        let end = usize::try_from(after + limit)
-            .unwrap_or(usize::MAX)
-            .min(matches.len());
-        let results = matches[start..end].iter().map(|r| (*r).clone()).collect();
-        let next_after = (after + limit < total).then_some(after + limit);
-        Ok(SearchResult {
-            total,
-            results,
-            next_after,
-        })
-    }
-
-    /// Answers a keyed page (one filter group, id bounds, sorted by id ascending: what
-    /// martech-sync sends) from a cached list of matching ids, so that paging through
-    /// half a million records costs the fake a binary search a page, not a full scan.
-    /// `None` when the request has another shape or the index is lagging.
-    fn keyed_page(
-        &mut self,
-        object: &ObjectType,
-        groups: &[&[Filter]],
-        request: &SearchRequest,
-        now: Millis,
-        after: u64,
-        limit: u64,
-    ) -> Option<SearchResult> {
-        let [group] = groups else {
-            return None;
-        };
-        let by_id = match request.sorts.as_slice() {
-            [] => true,
-            [
-                SortSpec::Object {
-                    property_name,
-                    direction,
-                },
-            ] => property_name == "hs_object_id" && direction.as_deref() != Some("DESCENDING"),
-            [SortSpec::Name(name)] => name == "hs_object_id",
-            _ => false,
-        };
-        if !by_id || now < self.lag_until {
-            return None;
-        }
-        let (mut low, mut high) = (0u64, u64::MAX);
-        let mut key = object.as_str().to_owned();
-        let mut rest = Vec::new();
-        for f in *group {
-            if f.property_name == "hs_object_id" {
-                let v = f.value.as_ref()?;
-                let n: u64 = v.as_str().map_or_else(|| v.as_u64(), |s| s.parse().ok())?;
-                match f.operator.as_str() {
-                    "GT" => low = low.max(n.saturating_add(1)),
-                    "GTE" => low = low.max(n),
-                    "LT" => high = high.min(n.checked_sub(1)?),
-                    "LTE" => high = high.min(n),
-                    _ => return None,
-                }
-            } else {
-                key.push_str(&format!(
-                    "|{}:{}:{:?}:{:?}:{:?}",
-                    f.property_name, f.operator, f.value, f.high_value, f.values
-                ));
-                rest.push(f);
-            }
-        }
-        let generation = self.generation;
-        let ids = match self.keyed.get(&key) {
-            Some((g, ids)) if *g == generation => std::sync::Arc::clone(ids),
-            _ => {
-                let compiled: Vec<Compiled<'_>> = rest.iter().map(|f| Compiled::new(f)).collect();
-                let ids: std::sync::Arc<[u64]> = self
-                    .records(object.as_str())
-                    .filter(|r| compiled.iter().all(|f| f.matches(object, r)))
-                    .map(|r| r.id)
-                    .collect();
-                self.keyed
-                    .insert(key, (generation, std::sync::Arc::clone(&ids)));
-                ids
-            }
-        };
-        let from = ids.partition_point(|id| *id < low);
-        let to = ids.partition_point(|id| *id <= high);
-        let ids = &ids[from..to.max(from)];
-        let total = ids.len() as u64;
-        let start = usize::try_from(after).unwrap_or(usize::MAX).min(ids.len());
-        let end = usize::try_from(after + limit)
-            .unwrap_or(usize::MAX)
-            .min(ids.len());
-        let records = self.objects.get(object.as_str())?;
-        let results = ids[start..end]
-            .iter()
-            .filter_map(|id| records.get(id).cloned())
-            .collect();
-        Some(SearchResult {
-            total,
-            results,
-            next_after: (after + limit < total).then_some(after + limit),
-        })
     }
 
     /// A record in HubSpot's answer shape, with `properties` (the object's defaults when
@@ -475,357 +294,87 @@ impl Store {
             let value = property(object, r, name).map_or(Value::Null, Value::String);
             props.insert(name.clone(), value);
         }
-        json!({
+        let mut out = json!({
             "id": r.id.to_string(),
             "properties": props,
             "createdAt": r.created.to_rfc3339(),
             "updatedAt": r.modified.to_rfc3339(),
-            "archived": false,
-        })
+            "archived": r.archived_at.is_some(),
+        });
+        if let Some(at) = r.archived_at {
+            out["archivedAt"] = Value::from(at.to_rfc3339());
+        }
+        out
     }
 }
 
 /// The property as HubSpot would show it: system properties from the record's fields.
-fn property(object: &ObjectType, r: &FakeRecord, name: &str) -> Option<String> {
+pub(super) fn property(object: &ObjectType, r: &FakeRecord, name: &str) -> Option<String> {
     if name == "hs_object_id" {
         Some(r.id.to_string())
     } else if name == object.modified_property() {
         Some(r.modified.to_rfc3339())
     } else if name == object.created_property() {
         Some(r.created.to_rfc3339())
+    } else if name == "hs_merged_object_ids" {
+        (!r.merged.is_empty()).then(|| {
+            r.merged
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(";")
+        })
     } else {
         r.properties.get(name).cloned()
-    }
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn value(object: &ObjectType, r: &FakeRecord, name: &str) -> Option<Val> {
-    if name == "hs_object_id" {
-        Some(Val::Num(r.id as f64))
-    } else if name == object.modified_property() {
-        Some(Val::Num(r.modified.0 as f64))
-    } else if name == object.created_property() {
-        Some(Val::Num(r.created.0 as f64))
-    } else {
-        r.properties.get(name).map(|s| Val::parse(s))
-    }
-}
-
-const OPERATORS: [&str; 10] = [
-    "EQ",
-    "NEQ",
-    "LT",
-    "LTE",
-    "GT",
-    "GTE",
-    "BETWEEN",
-    "IN",
-    "HAS_PROPERTY",
-    "NOT_HAS_PROPERTY",
-];
-
-fn check_filter(f: &Filter) -> Result<(), Invalid> {
-    if !OPERATORS.contains(&f.operator.as_str()) {
-        return Err(Invalid::Operator(f.operator.clone()));
-    }
-    let needs = match f.operator.as_str() {
-        "HAS_PROPERTY" | "NOT_HAS_PROPERTY" => true,
-        "IN" => f.values.is_some(),
-        "BETWEEN" => f.value.is_some() && f.high_value.is_some(),
-        _ => f.value.is_some(),
-    };
-    if needs {
-        Ok(())
-    } else {
-        Err(Invalid::MissingValue(f.property_name.clone()))
-    }
-}
-
-/// A filter with its values parsed once per request rather than once per record.
-struct Compiled<'a> {
-    property: &'a str,
-    operator: &'a str,
-    value: Option<Val>,
-    high: Option<Val>,
-    values: Vec<Val>,
-}
-
-impl<'a> Compiled<'a> {
-    fn new(f: &'a Filter) -> Compiled<'a> {
-        Compiled {
-            property: &f.property_name,
-            operator: &f.operator,
-            value: f.value.as_ref().and_then(Val::from_json),
-            high: f.high_value.as_ref().and_then(Val::from_json),
-            values: f
-                .values
-                .iter()
-                .flatten()
-                .filter_map(Val::from_json)
-                .collect(),
-        }
-    }
-
-    fn matches(&self, object: &ObjectType, r: &FakeRecord) -> bool {
-        let have = value(object, r, self.property);
-        let cmp = |want: &Option<Val>| match (&have, want) {
-            (Some(h), Some(w)) => Some(h.cmp(w)),
-            _ => None,
-        };
-        let at_least =
-            |want: &Option<Val>| matches!(cmp(want), Some(Ordering::Greater | Ordering::Equal));
-        let at_most =
-            |want: &Option<Val>| matches!(cmp(want), Some(Ordering::Less | Ordering::Equal));
-        match self.operator {
-            "EQ" => cmp(&self.value) == Some(Ordering::Equal),
-            "NEQ" => cmp(&self.value) != Some(Ordering::Equal),
-            "LT" => cmp(&self.value) == Some(Ordering::Less),
-            "LTE" => at_most(&self.value),
-            "GT" => cmp(&self.value) == Some(Ordering::Greater),
-            "GTE" => at_least(&self.value),
-            "BETWEEN" => at_least(&self.value) && at_most(&self.high),
-            "IN" => have
-                .as_ref()
-                .is_some_and(|h| self.values.iter().any(|v| h.cmp(v) == Ordering::Equal)),
-            "HAS_PROPERTY" => have.is_some(),
-            "NOT_HAS_PROPERTY" => have.is_none(),
-            _ => false,
-        }
-    }
-}
-
-/// The lowest id any group can match, from `hs_object_id GT/GTE` filters present in
-/// every group: keyed pages then skip what they already read instead of scanning it.
-fn id_floor(groups: &[&[Filter]]) -> u64 {
-    if groups.is_empty() {
-        return 0;
-    }
-    groups
-        .iter()
-        .map(|g| {
-            g.iter()
-                .filter(|f| f.property_name == "hs_object_id")
-                .filter_map(|f| {
-                    let v = f.value.as_ref()?;
-                    let n: u64 = v.as_str().map_or_else(|| v.as_u64(), |s| s.parse().ok())?;
-                    match f.operator.as_str() {
-                        "GT" => Some(n.saturating_add(1)),
-                        "GTE" => Some(n),
-                        _ => None,
-                    }
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .min()
-        .unwrap_or(0)
-}
-
-fn sort_matches(
-    object: &ObjectType,
-    matches: &mut [&FakeRecord],
-    property: &str,
-    descending: bool,
-    ties: TieOrder,
-    rng: &mut impl Rng,
-) {
-    if ties == TieOrder::Unstable {
-        matches.shuffle(rng);
-    }
-    let key = |r: &FakeRecord| value(object, r, property);
-    let order = |a: &&FakeRecord, b: &&FakeRecord| {
-        let o = match (key(a), key(b)) {
-            (Some(x), Some(y)) => x.cmp(&y),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => Ordering::Equal,
-        };
-        if descending { o.reverse() } else { o }
-    };
-    match ties {
-        // A stable sort over shuffled input leaves equal keys in random order.
-        TieOrder::Unstable => matches.sort_by(order),
-        TieOrder::ById => matches.sort_by(|a, b| order(a, b).then(a.id.cmp(&b.id))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
 
     fn store() -> Store {
         let mut s = Store::default();
-        for id in 1..=30u64 {
-            let mut properties = BTreeMap::new();
-            properties.insert(
-                "firstname".into(),
-                if id % 2 == 0 { "Ada" } else { "Alan" }.into(),
-            );
+        for id in 1..=5 {
             s.insert(
                 "contacts",
-                FakeRecord::new(
-                    id,
-                    Millis(1_000),
-                    Millis(1_000 + i64::try_from(id / 10).unwrap()),
-                    properties,
-                ),
+                FakeRecord::new(id, Millis(1), Millis(10), BTreeMap::new()),
             );
         }
         s
     }
 
-    fn search(body: Value) -> Result<SearchResult, Invalid> {
-        let req: SearchRequest = serde_json::from_value(body).unwrap();
-        let mut rng = StdRng::seed_from_u64(1);
-        store().search(
-            &"contacts".parse().unwrap(),
-            &req,
-            Millis(0),
-            TieOrder::ById,
-            &mut rng,
-        )
-    }
-
     #[test]
-    fn filters_sorts_and_pages_like_hubspot() {
-        let f = |p: &str, op: &str, v: &str| json!({"propertyName": p, "operator": op, "value": v});
-        let cases: Vec<(Value, u64, Vec<u64>, Option<u64>)> = vec![
-            (json!({}), 30, (1..=10).collect(), Some(10)),
-            (
-                json!({"limit": 5, "after": "25"}),
-                30,
-                (26..=30).collect(),
-                None,
-            ),
-            (
-                json!({"filterGroups": [{"filters": [f("lastmodifieddate", "GTE", "1002"), f("hs_object_id", "GT", "25")]}]}),
-                5,
-                (26..=30).collect(),
-                None,
-            ),
-            (
-                json!({"filterGroups": [{"filters": [f("firstname", "EQ", "ada")]}], "limit": 3,
-                       "sorts": [{"propertyName": "hs_object_id", "direction": "DESCENDING"}]}),
-                15,
-                vec![30, 28, 26],
-                Some(3),
-            ),
-            (
-                json!({"filterGroups": [{"filters": [f("hs_object_id", "LTE", "2")]}, {"filters": [f("hs_object_id", "EQ", "29")]}]}),
-                3,
-                vec![1, 2, 29],
-                None,
-            ),
-            (
-                json!({"filterGroups": [{"filters": [{"propertyName": "lastmodifieddate", "operator": "BETWEEN",
-                        "value": "1970-01-01T00:00:01.001Z", "highValue": "1001"}]}]}),
-                10,
-                (10..=19).collect(),
-                None,
-            ),
-            (
-                json!({"filterGroups": [{"filters": [{"propertyName": "hs_object_id", "operator": "IN", "values": ["3", "7"]}]}]}),
-                2,
-                vec![3, 7],
-                None,
-            ),
-        ];
-        for (body, total, ids, next) in cases {
-            let r = search(body.clone()).unwrap();
-            let got: Vec<u64> = r.results.iter().map(|r| r.id).collect();
-            assert_eq!((r.total, got, r.next_after), (total, ids, next), "{body}");
-        }
-    }
-
-    #[test]
-    fn the_index_lags_behind_modifications() {
+    fn a_merge_makes_a_new_record_the_old_ids_resolve_to() {
         let mut s = store();
-        let lag = std::time::Duration::from_secs(10);
-        s.touch("contacts", 5, Millis(50_000), lag);
-        let req: SearchRequest = serde_json::from_value(json!({"filterGroups": [{"filters": [
-            {"propertyName": "hs_object_id", "operator": "EQ", "value": "5"}]}]}))
-        .unwrap();
-        let mut rng = StdRng::seed_from_u64(1);
-        let contacts = "contacts".parse().unwrap();
-        let mut at = |now| {
-            s.search(
-                &contacts,
-                &req,
-                Millis(now),
-                TieOrder::ById,
-                &mut rng.clone(),
-            )
-            .unwrap()
-            .results[0]
-                .modified
-        };
-        assert_eq!(at(59_999), Millis(1_000), "old version before the lag");
-        assert_eq!(at(60_000), Millis(50_000), "new version after it");
-        s.catch_up_index();
-        assert_eq!(
-            s.search(&contacts, &req, Millis(0), TieOrder::ById, &mut rng)
-                .unwrap()
-                .results[0]
-                .modified,
-            Millis(50_000)
+        let new = s.merge("contacts", 2, &[3], Millis(50)).unwrap();
+        assert_eq!(new, 6);
+        assert!(s.get("contacts", 2).is_none() && s.get("contacts", 3).is_none());
+        assert_eq!(s.resolve("contacts", 3).map(|r| r.id), Some(6));
+        let again = s.merge("contacts", 6, &[4], Millis(60)).unwrap();
+        assert_eq!(s.get("contacts", again).unwrap().merged, [2, 3, 4, 6]);
+        assert_eq!(s.resolve("contacts", 2).map(|r| r.id), Some(again));
+        let contacts: ObjectType = "contacts".parse().unwrap();
+        let json = Store::to_json(
+            &contacts,
+            s.get("contacts", again).unwrap(),
+            &["hs_merged_object_ids".into()],
         );
+        assert_eq!(json["properties"]["hs_merged_object_ids"], "2;3;4;6");
     }
 
     #[test]
-    fn keyed_pages_from_the_cache_match_a_full_scan() {
-        let f = |p: &str, op: &str, v: &str| json!({"propertyName": p, "operator": op, "value": v});
-        let bodies = [
-            json!({"filterGroups": [{"filters": [f("lastmodifieddate", "GTE", "1001"), f("lastmodifieddate", "LTE", "1002")]}],
-                   "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}], "limit": 4}),
-            json!({"filterGroups": [{"filters": [f("lastmodifieddate", "GTE", "1000"), f("hs_object_id", "GT", "12"),
-                   f("hs_object_id", "LTE", "27")]}], "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
-                   "limit": 5}),
-            json!({"filterGroups": [{"filters": [f("firstname", "EQ", "ada"), f("hs_object_id", "GTE", "29")]}]}),
-            json!({"filterGroups": [{"filters": [f("hs_object_id", "LT", "3")]}], "limit": 1, "after": "1"}),
-        ];
-        let contacts = "contacts".parse().unwrap();
-        for body in bodies {
-            let req: SearchRequest = serde_json::from_value(body.clone()).unwrap();
-            let mut rng = StdRng::seed_from_u64(1);
-            let mut cached = store();
-            let fast = cached
-                .search(&contacts, &req, Millis(0), TieOrder::ById, &mut rng)
-                .unwrap();
-            let mut scanned = store();
-            scanned.lag_until = Millis(i64::MAX);
-            let slow = scanned
-                .search(&contacts, &req, Millis(0), TieOrder::ById, &mut rng)
-                .unwrap();
-            let ids = |r: &SearchResult| r.results.iter().map(|x| x.id).collect::<Vec<_>>();
-            assert_eq!(
-                (fast.total, ids(&fast), fast.next_after),
-                (slow.total, ids(&slow), slow.next_after),
-                "{body}"
-            );
-            assert!(!cached.keyed.is_empty(), "the fast path answered");
-        }
-    }
-
-    #[test]
-    fn refuses_what_hubspot_refuses() {
+    fn archived_records_are_restorable_and_deleted_ones_are_gone() {
+        let mut s = store();
+        s.archive("contacts", 1, Millis(20));
+        assert!(s.resolve("contacts", 1).is_none());
+        assert_eq!(s.live("contacts").count(), 4);
+        s.restore("contacts", 1, Millis(30));
         assert_eq!(
-            search(json!({"limit": 201})).unwrap_err(),
-            Invalid::Limit(201)
+            s.resolve("contacts", 1).map(|r| r.modified),
+            Some(Millis(30))
         );
-        assert_eq!(
-            search(json!({"limit": 200, "after": "9900"})).unwrap_err(),
-            Invalid::PastCap {
-                after: 9900,
-                limit: 200
-            }
-        );
-        assert!(matches!(
-            search(
-                json!({"filterGroups": [{"filters": [{"propertyName": "x", "operator": "LIKE", "value": "1"}]}]})
-            ),
-            Err(Invalid::Operator(_))
-        ));
+        s.delete_for_good("contacts", 1);
+        assert!(s.get("contacts", 1).is_none() && s.resolve("contacts", 1).is_none());
     }
 }

@@ -67,6 +67,32 @@ impl SinkSpec {
     pub fn uses_stdout(&self) -> bool {
         matches!(self, SinkSpec::Jsonl(JsonlTarget::Stdout))
     }
+
+    /// The same sink with a jsonl path made absolute against the current directory
+    /// (without touching the file, which may not exist yet): a destination is known by
+    /// its absolute path, whatever directory cron starts in.
+    ///
+    /// # Errors
+    /// When the current directory cannot be read.
+    pub fn absolute(self) -> std::io::Result<SinkSpec> {
+        Ok(match self {
+            SinkSpec::Jsonl(JsonlTarget::File(path)) => {
+                SinkSpec::Jsonl(JsonlTarget::File(std::path::absolute(path)?))
+            }
+            other => other,
+        })
+    }
+}
+
+impl std::fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkSpec::Sqlite => f.write_str("sqlite"),
+            SinkSpec::Jsonl(JsonlTarget::Stdout) => f.write_str("jsonl:-"),
+            SinkSpec::Jsonl(JsonlTarget::File(path)) => write!(f, "jsonl:{}", path.display()),
+            SinkSpec::Exec(command) => write!(f, "exec:{command}"),
+        }
+    }
 }
 
 /// An open sink.

@@ -12,10 +12,12 @@ use crate::timestamp::Millis;
 /// What happened to the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// Created, changed, restored or merged: fetch its current version.
+    /// Created, changed, restored, or the winner of a merge: fetch its current version.
     Change,
     /// Deleted (or privacy-deleted): hand the sink a tombstone.
     Deletion,
+    /// Merged into another record: a tombstone with `mergedInto`.
+    Merged,
 }
 
 impl EventKind {
@@ -24,15 +26,16 @@ impl EventKind {
         match self {
             EventKind::Change => "change",
             EventKind::Deletion => "deletion",
+            EventKind::Merged => "merged",
         }
     }
 
     /// The inverse of [`EventKind::as_str`].
     pub fn parse(s: &str) -> EventKind {
-        if s == "deletion" {
-            EventKind::Deletion
-        } else {
-            EventKind::Change
+        match s {
+            "deletion" => EventKind::Deletion,
+            "merged" => EventKind::Merged,
+            _ => EventKind::Change,
         }
     }
 }
@@ -46,6 +49,8 @@ pub struct Event {
     pub id: RecordId,
     pub kind: EventKind,
     pub occurred: Millis,
+    /// For [`EventKind::Merged`]: the record it went into.
+    pub merged_into: Option<RecordId>,
 }
 
 /// The body is not a JSON array of event objects.
@@ -69,13 +74,69 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Event>, BadBatch> {
         if !item.is_object() {
             return Err(BadBatch("an element is not an object".into()));
         }
-        if let Some(event) = event(item) {
-            events.push(event);
-        } else {
-            tracing::debug!(event = %item, "webhook event ignored");
+        let parsed = events_of(item);
+        if parsed.is_empty() {
+            // The kind and id only: property values never reach a log.
+            let kind = item
+                .get("subscriptionType")
+                .or_else(|| item.get("eventType"))
+                .and_then(Value::as_str)
+                .unwrap_or("-");
+            let id = item.get("objectId").and_then(number).unwrap_or(0);
+            tracing::debug!(kind, id, "webhook event ignored");
         }
+        events.extend(parsed);
     }
     Ok(events)
+}
+
+/// The events one webhook event stands for: one, or for a merge, the winner's change
+/// and a `Merged` for each record merged into it (HubSpot's webhook docs: `*.merge`
+/// carries `primaryObjectId`, `mergedObjectIds[]` and `newObjectId`, the record the
+/// merge created, which both old ids now resolve to).
+fn events_of(v: &Value) -> Vec<Event> {
+    let Some(event) = event(v) else {
+        return Vec::new();
+    };
+    let is_merge = v
+        .get("subscriptionType")
+        .or_else(|| v.get("eventType"))
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with(".merge"));
+    if !is_merge {
+        return vec![event];
+    }
+    let winner = v
+        .get("newObjectId")
+        .and_then(number)
+        .or_else(|| v.get("primaryObjectId").and_then(number))
+        .map_or(event.id, RecordId);
+    let mut losers: Vec<RecordId> = v
+        .get("mergedObjectIds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(number)
+        .map(RecordId)
+        .collect();
+    losers.extend(v.get("primaryObjectId").and_then(number).map(RecordId));
+    losers.push(event.id);
+    losers.sort_unstable();
+    losers.dedup();
+    losers.retain(|id| *id != winner);
+    let mut out = vec![Event {
+        key: format!("{}|winner:{}", event.key, winner.0),
+        id: winner,
+        ..event.clone()
+    }];
+    out.extend(losers.into_iter().map(|id| Event {
+        key: format!("{}|merged:{}", event.key, id.0),
+        id,
+        kind: EventKind::Merged,
+        merged_into: Some(winner),
+        ..event.clone()
+    }));
+    out
 }
 
 fn event(v: &Value) -> Option<Event> {
@@ -129,6 +190,7 @@ fn event(v: &Value) -> Option<Event> {
         id: RecordId(id),
         kind,
         occurred: Millis(occurred),
+        merged_into: None,
     })
 }
 
@@ -167,6 +229,27 @@ mod tests {
         assert_eq!(
             events[0].key,
             "62515|12|contact.creation|123||1564113600000|1"
+        );
+    }
+
+    #[test]
+    fn a_merge_fetches_the_new_record_and_tombstones_the_old_ones() {
+        let body = br#"[{"eventId":9,"subscriptionId":3,"portalId":1,"occurredAt":1625097600000,
+            "subscriptionType":"contact.merge","objectId":123,"primaryObjectId":123,
+            "mergedObjectIds":[456,789],"newObjectId":999,"numberOfPropertiesMoved":4}]"#;
+        let got: Vec<(u64, EventKind, Option<u64>)> = parse_batch(body)
+            .unwrap()
+            .iter()
+            .map(|e| (e.id.0, e.kind, e.merged_into.map(|i| i.0)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (999, EventKind::Change, None),
+                (123, EventKind::Merged, Some(999)),
+                (456, EventKind::Merged, Some(999)),
+                (789, EventKind::Merged, Some(999)),
+            ]
         );
     }
 

@@ -7,7 +7,7 @@
 //! for a body over 1 MiB, 400 for a body that is not a JSON array of events, 503 when
 //! the queue cannot be written (HubSpot retries), 200 otherwise, duplicates included.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -35,8 +35,9 @@ pub enum Accept {
 
 /// What the handlers share.
 pub struct Receiver {
-    /// The receiver's own connection to the state file (WAL: the worker has another).
-    pub state: Mutex<State>,
+    /// The receiver's own handle on the state (for SQLite its own connection: WAL lets
+    /// it write while the worker reads).
+    pub state: State,
     pub secret: Vec<u8>,
     /// The URL HubSpot signs: the public one, not the listen address behind a proxy.
     pub public_url: String,
@@ -91,17 +92,7 @@ async fn receive(
         }
     };
     let count = events.len();
-    // SQLite blocks; off the async workers, so a slow disk never stalls other requests.
-    let queued = {
-        let r = Arc::clone(&r);
-        tokio::task::spawn_blocking(move || {
-            let mut state = r.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.enqueue(&events, now)
-        })
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("the queue writer died: {e}")))
-    };
-    match queued {
+    match r.state.enqueue(&events, now).await {
         Ok(new) => {
             tracing::debug!(events = count, new, "webhook accepted");
             if new > 0 {
@@ -122,12 +113,7 @@ fn refuse(why: &str) -> (StatusCode, &'static str) {
 }
 
 async fn health(Shared(r): Shared<Arc<Receiver>>) -> (StatusCode, &'static str) {
-    let writable = r
-        .state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .check_writable();
-    match writable {
+    match r.state.check_writable().await {
         Ok(()) => (StatusCode::OK, "ok\n"),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "state file not writable");

@@ -1,22 +1,25 @@
 //! The webhook worker: takes queued events in `occurredAt` order, fetches the current
-//! versions of the records they name by batch read (search would lag), hands new
-//! versions to the sink through the same delivered-versions table as the poll, and marks
-//! the events done in the same transaction. For each record the latest event decides:
-//! a deletion, or a change whose record is gone, becomes a tombstone. A failing batch is
-//! retried with backoff (×4 an attempt, at most an hour); after `dead_after` attempts its
-//! events are parked as dead letters.
+//! versions of the records they name by batch read (search would lag), and hands what
+//! the destination does not have to the sink through the same ledger as the poll,
+//! marking the events done in the same transaction. For each record the latest event
+//! decides: a deletion, or a change whose record is gone, becomes a tombstone; a record
+//! merged away becomes a tombstone with `mergedInto` (when the destination holds it). A
+//! failing batch is retried with backoff (×4 an attempt, at most an hour); after
+//! `dead_after` attempts its events are parked as dead letters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
 
 use super::event::EventKind;
-use super::queue::{Queued, tombstone};
-use crate::hubspot::error::is_auth_failure;
+use crate::destination::Destination;
+use crate::hubspot::error::{is_auth_failure, is_daily_limit};
 use crate::hubspot::hydrate::Unaccounted;
+use crate::ledger;
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
+use crate::state::{Queued, Sync};
 use crate::sync::Engine;
 use crate::timestamp::Millis;
 
@@ -50,17 +53,19 @@ pub struct Pass {
     pub failed: usize,
 }
 
-/// Delivers the events due now, one batch per object; returns what it did. A failed
-/// object's events are retried later; the others go on.
+/// Delivers the events due now to `destination`, one batch per object; returns what it
+/// did. A failed object's events are retried later; the others go on.
 ///
 /// # Errors
-/// When the state file cannot be read or written, or HubSpot refuses the token.
+/// When the state cannot be read or written, HubSpot refuses the token, or the
+/// account's daily limit is used up (then nothing is counted against the events: the
+/// caller waits).
 pub async fn drain_once(
     engine: &mut Engine,
-    properties: &dyn Fn(&ObjectType) -> Vec<String>,
+    destination: &Destination,
     retry: Retry,
 ) -> Result<Pass> {
-    let due = engine.state.due_events(Millis::now(), BATCH)?;
+    let due = engine.state.due_events(Millis::now(), BATCH).await?;
     let mut pass = Pass {
         events: due.len(),
         ..Pass::default()
@@ -77,14 +82,16 @@ pub async fn drain_once(
         let Ok(object) = name.parse::<ObjectType>() else {
             engine
                 .state
-                .events_failed(&keys, "unknown object type", Millis::now(), 1)?;
+                .events_failed(&keys, "unknown object type", Millis::now(), 1)
+                .await?;
             continue;
         };
-        match deliver(engine, &object, &events, &properties(&object)).await {
+        let sync = engine.state.sync(&object, destination).await?;
+        match deliver(engine, &sync, &events).await {
             Ok(n) => pass.delivered += n,
-            // A refused token fails every batch alike: stop rather than bury the queue
-            // in dead letters.
-            Err(e) if is_auth_failure(&e) => return Err(e),
+            // A refused token or a used-up day fails every batch alike: stop rather
+            // than bury the queue in dead letters.
+            Err(e) if is_auth_failure(&e) || is_daily_limit(&e) => return Err(e),
             Err(e) => {
                 let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
                 let wait = retry.backoff(attempts);
@@ -92,12 +99,10 @@ pub async fn drain_once(
                 tracing::warn!(%object, events = keys.len(), attempts,
                     wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     error = %error, "webhook delivery failed; retrying later");
-                engine.state.events_failed(
-                    &keys,
-                    &error,
-                    Millis::now().plus(wait),
-                    retry.dead_after,
-                )?;
+                engine
+                    .state
+                    .events_failed(&keys, &error, Millis::now().plus(wait), retry.dead_after)
+                    .await?;
                 pass.failed += keys.len();
             }
         }
@@ -106,45 +111,64 @@ pub async fn drain_once(
 }
 
 /// Fetches, delivers and marks done one object's events.
-async fn deliver(
-    engine: &mut Engine,
-    object: &ObjectType,
-    events: &[Queued],
-    properties: &[String],
-) -> Result<usize> {
+async fn deliver(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<usize> {
+    let object = &sync.object;
     // The latest event of each record decides (events come oldest first).
-    let mut latest: BTreeMap<RecordId, (EventKind, Millis)> = BTreeMap::new();
+    let mut latest: BTreeMap<RecordId, (EventKind, Millis, Option<u64>)> = BTreeMap::new();
     for e in events {
-        latest.insert(RecordId(e.id), (e.event_kind(), Millis(e.occurred_ms)));
+        latest.insert(
+            RecordId(e.id),
+            (e.event_kind(), Millis(e.occurred_ms), e.merged_into),
+        );
     }
     let changed: Vec<RecordId> = latest
         .iter()
-        .filter(|(_, (kind, _))| *kind == EventKind::Change)
+        .filter(|(_, (kind, _, _))| *kind == EventKind::Change)
         .map(|(id, _)| *id)
         .collect();
-    let mut fetched = if changed.is_empty() {
+    let fetched = if changed.is_empty() {
         Default::default()
     } else {
+        let properties = engine.stored_properties(sync).await?;
         engine
             .client
-            .batch_read(object, &changed, properties, Unaccounted::Gone)
+            .batch_read(object, &changed, &properties, Unaccounted::Gone)
             .await?
     };
-    let records: Vec<Record> = latest
+    // Records merged into a fetched winner get their tombstone from its
+    // `hs_merged_object_ids`, not a plain one.
+    let winners: Vec<&Record> = fetched.values().collect();
+    let absorbed: HashSet<RecordId> = ledger::merged_ids(&winners)
         .into_iter()
-        .map(|(id, (kind, at))| match kind {
-            EventKind::Change => fetched.remove(&id).unwrap_or_else(|| tombstone(id, at)),
-            EventKind::Deletion => tombstone(id, at),
-        })
+        .map(|(id, _)| id)
         .collect();
-    let fresh = engine.state.undelivered(object, &records)?;
-    engine.sink.deliver(object, &fresh).await?;
+    let mut versions: Vec<Record> = Vec::new();
+    let mut merged_away: Vec<Record> = Vec::new();
+    for (id, (kind, at, into)) in latest {
+        match kind {
+            EventKind::Change if fetched.contains_key(&id) => {}
+            EventKind::Change if absorbed.contains(&id) => {}
+            EventKind::Change | EventKind::Deletion => {
+                versions.push(Record::tombstone(id, at, None));
+            }
+            EventKind::Merged => {
+                merged_away.push(Record::tombstone(id, at, into.map(RecordId)));
+            }
+        }
+    }
+    versions.extend(fetched.into_values());
+    // A merged-away record is news only to a destination that holds it live.
+    if !merged_away.is_empty() {
+        let ids: Vec<_> = merged_away.iter().map(|r| r.id).collect();
+        let held = engine.state.held(sync.id, &ids).await?;
+        merged_away.retain(|r| held.get(&r.id).is_some_and(|h| !h.archived));
+    }
     let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
-    engine
-        .state
-        .commit_events(object, &fresh, engine.sink.records_table(), &keys)?;
-    tracing::debug!(%object, events = events.len(), delivered = fresh.len(), "webhook events delivered");
-    Ok(fresh.len())
+    let delivered = engine
+        .deliver_loose(sync, &versions, merged_away, Some(&keys))
+        .await?;
+    tracing::debug!(%object, events = events.len(), delivered, "webhook events delivered");
+    Ok(delivered)
 }
 
 #[cfg(test)]

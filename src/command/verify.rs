@@ -1,0 +1,285 @@
+//! `verify OBJECT [--repair]`: prove a destination's copy matches HubSpot, or say how it
+//! drifted, and with `--repair` fix it through the same sink and ledger as the poll.
+//! HubSpot's side comes from the list endpoint (100 ids a request, the general budget),
+//! which sees what a lagging search index hides; extras are confirmed by batch read
+//! before they count, so a record created while the list was read is not one.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::config::{UsageError, VerifyConfig};
+use crate::destination::UNASSIGNED;
+use crate::hubspot::Client;
+use crate::hubspot::hydrate::Unaccounted;
+use crate::hubspot::list::Listing;
+use crate::ledger;
+use crate::lock::ObjectLock;
+use crate::progress::ProgressMode;
+use crate::record::{Record, RecordId};
+use crate::sink::Sink;
+use crate::state::{self, State, Sync};
+use crate::sync::Engine;
+use crate::timestamp::Millis;
+use crate::verify::{Comparison, Drift, DriftSummary};
+
+/// Ledger entries read at a time.
+const LEDGER_PAGE: usize = 10_000;
+
+/// Drift found and not repaired. Exits 3.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{object} -> {destination} does not match HubSpot: {missing} missing, {stale} stale, {extra} extra \
+     (run `martech-sync verify {object} --repair` to fix it)"
+)]
+pub struct DriftFound {
+    object: String,
+    destination: String,
+    missing: u64,
+    stale: u64,
+    extra: u64,
+}
+
+/// The report `--json` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    object: String,
+    destination: String,
+    /// `match`, `drift` or `repaired`.
+    outcome: &'static str,
+    cursor: Option<String>,
+    #[serde(flatten)]
+    drift: DriftSummary,
+    repaired: Option<Repaired>,
+    requests: u64,
+    duration_ms: u64,
+}
+
+#[derive(Clone, Copy, Default, Serialize)]
+struct Repaired {
+    delivered: u64,
+    tombstones: u64,
+}
+
+/// Runs `verify`.
+///
+/// # Errors
+/// [`DriftFound`] (exit 3), a destination never synced (exit 2), or the check failing.
+pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
+    let started = std::time::Instant::now();
+    let object = &config.object;
+    let destination = &config.destination;
+    let _lock = if config.repair {
+        Some(ObjectLock::acquire(db, object, destination)?)
+    } else {
+        None
+    };
+    let state = state::open(db)?;
+    let sync = find(&state, config).await?;
+    let client = Client::new(&config.client)?;
+
+    let hubspot = live_records(&client, object).await?;
+    let mut comparison = Comparison::new(hubspot, sync.cursor);
+    let mut after = None;
+    loop {
+        let page = state.ledger_page(sync.id, after, LEDGER_PAGE).await?;
+        comparison.ledger(&page);
+        match page.last() {
+            Some(last) if page.len() == LEDGER_PAGE => after = Some(last.id),
+            _ => break,
+        }
+    }
+    let mut drift = comparison.finish();
+    let merged_into = confirm_extras(&client, &sync, &mut drift).await?;
+
+    let mut repaired = None;
+    if config.repair && !drift.is_empty() {
+        let sink = Sink::open(&config.sink)?;
+        let mut engine = Engine::new(state.clone(), client.clone(), sink, ProgressMode::Hidden);
+        repaired = Some(repair(&mut engine, &sync, &drift, &merged_into).await?);
+    }
+    let outcome = match (drift.is_empty(), repaired.is_some()) {
+        (true, _) => "match",
+        (false, true) => "repaired",
+        (false, false) => "drift",
+    };
+    let report = Report {
+        object: object.to_string(),
+        destination: destination.to_string(),
+        outcome,
+        cursor: sync.cursor.map(Millis::to_rfc3339),
+        drift: drift.summary(),
+        repaired,
+        requests: client.counters().requests.load(Ordering::Relaxed),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    print(config.json, &report)?;
+    if outcome == "drift" {
+        return Err(DriftFound {
+            object: report.object,
+            destination: report.destination,
+            missing: report.drift.missing,
+            stale: report.drift.stale,
+            extra: report.drift.extra,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The sync to check: the destination's, or the pre-destination state it will adopt.
+async fn find(state: &State, config: &VerifyConfig) -> Result<Sync> {
+    let syncs = state.syncs(Some(&config.object)).await?;
+    let known = syncs.iter().any(|s| {
+        s.destination.key() == config.destination.key() || s.destination.key() == UNASSIGNED
+    });
+    if !known {
+        return Err(UsageError::new(format!(
+            "{} has never been synced to {} in {}: nothing to verify (check --sink/--destination; \
+             `martech-sync status` lists the destinations)",
+            config.object,
+            config.destination,
+            state.describe()
+        ))
+        .into());
+    }
+    state.sync(&config.object, &config.destination).await
+}
+
+/// Every live record of `object`, with its modified time, from the list endpoint.
+async fn live_records(
+    client: &Client,
+    object: &crate::object::ObjectType,
+) -> Result<Vec<(RecordId, Millis)>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = client
+            .list_page(object, Listing::Live, after.as_deref())
+            .await
+            .with_context(|| format!("listing the live {object}"))?;
+        for listed in page.records {
+            let modified = listed.modified.with_context(|| {
+                format!(
+                    "HubSpot listed {object} {} without its modified time",
+                    listed.id.0
+                )
+            })?;
+            out.push((listed.id, modified));
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Drops from the extras what batch read still finds (created or restored while the
+/// list was read); returns the winner of each extra that was merged away.
+async fn confirm_extras(
+    client: &Client,
+    sync: &Sync,
+    drift: &mut Drift,
+) -> Result<Vec<(RecordId, RecordId)>> {
+    if drift.extra.is_empty() {
+        return Ok(Vec::new());
+    }
+    let properties = ["hs_object_id".to_owned(), "hs_merged_object_ids".to_owned()];
+    let properties = crate::sync::with_needed(&sync.object, properties.to_vec());
+    let found = client
+        .batch_read(&sync.object, &drift.extra, &properties, Unaccounted::Gone)
+        .await?;
+    drift.extra.retain(|id| !found.contains_key(id));
+    let winners: Vec<&Record> = found.values().collect();
+    Ok(ledger::merged_ids(&winners)
+        .into_iter()
+        .filter(|(id, _)| drift.extra.contains(id))
+        .map(|(id, winner)| (id, winner.id))
+        .collect())
+}
+
+/// Delivers the missing and stale records' current versions and tombstones the extras.
+async fn repair(
+    engine: &mut Engine,
+    sync: &Sync,
+    drift: &Drift,
+    merged_into: &[(RecordId, RecordId)],
+) -> Result<Repaired> {
+    let wanted: Vec<RecordId> = drift.missing.iter().chain(&drift.stale).copied().collect();
+    let properties = engine.stored_properties(sync).await?;
+    let fetched = engine
+        .client
+        .batch_read(&sync.object, &wanted, &properties, Unaccounted::Gone)
+        .await?;
+    let versions: Vec<Record> = fetched.into_values().collect();
+    let now = Millis::now();
+    let gone: Vec<Record> = drift
+        .extra
+        .iter()
+        .map(|id| {
+            let winner = merged_into.iter().find(|(m, _)| m == id).map(|(_, w)| *w);
+            Record::tombstone(*id, now, winner)
+        })
+        .collect();
+    let tombstones = gone.len() as u64;
+    let live = versions.len() as u64;
+    engine.deliver_loose(sync, &versions, gone, None).await?;
+    tracing::info!(object = %sync.object, delivered = live, tombstones, "repaired");
+    Ok(Repaired {
+        delivered: live,
+        tombstones,
+    })
+}
+
+fn print(json: bool, report: &Report) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let d = &report.drift;
+    writeln!(
+        out,
+        "{} -> {}: {} live records in HubSpot checked against what the destination was given \
+         (cursor {})",
+        report.object,
+        report.destination,
+        d.checked,
+        report.cursor.as_deref().unwrap_or("none")
+    )?;
+    let kind = |name: &str, n: u64, examples: &[String]| {
+        if n == 0 || examples.is_empty() {
+            format!("{name} {n}")
+        } else {
+            format!("{name} {n} (e.g. {})", examples.join(", "))
+        }
+    };
+    writeln!(
+        out,
+        "  {}, {}, {}; {} changed after the cursor (the next run's)",
+        kind("missing", d.missing, &d.examples.missing),
+        kind("stale", d.stale, &d.examples.stale),
+        kind("extra", d.extra, &d.examples.extra),
+        d.pending
+    )?;
+    match (report.outcome, report.repaired) {
+        ("match", _) => writeln!(out, "  the copy matches HubSpot")?,
+        ("repaired", Some(r)) => writeln!(
+            out,
+            "  repaired: {} records delivered, {} tombstones",
+            r.delivered, r.tombstones
+        )?,
+        _ => {}
+    }
+    writeln!(
+        out,
+        "  {} requests, {} ms",
+        report.requests, report.duration_ms
+    )?;
+    Ok(())
+}
