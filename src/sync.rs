@@ -544,8 +544,12 @@ impl Engine {
         let ids: Vec<_> = versions.iter().chain(&gone).map(|r| r.id).collect();
         let held = self.state.held(sync.id, &ids).await?;
         let fresh = ledger::fresh(&held, versions);
-        let gone = ledger::gone(&held, gone);
         let merged = merge_tombstones(&self.state, sync.id, object, &fresh).await?;
+        // A record a winner lists is tombstoned once, as merged.
+        let gone: Vec<Record> = ledger::gone(&held, gone)
+            .into_iter()
+            .filter(|g| !merged.iter().any(|m| m.id == g.id))
+            .collect();
         let all: Vec<&Record> = fresh.into_iter().chain(&merged).chain(&gone).collect();
         self.sink.deliver(object, &all).await?;
         let table = self.sink.records_table();

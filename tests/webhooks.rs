@@ -455,3 +455,48 @@ async fn a_failing_sink_parks_events_as_dead_letters() {
     );
     assert_eq!(env.status().await["webhooks"]["queued"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_event_tombstones_the_merged_records_and_fetches_the_new_one() {
+    let env = Env::contacts(20).await;
+    let serve = Serve::start(&env, &[]).await;
+    let at = Millis::now().0;
+    let creations: Vec<Value> = (1..=20).map(|id| event(id, "creation", at, id)).collect();
+    assert_eq!(serve.send(&Value::from(creations).to_string()).await.0, 200);
+    eventually(Duration::from_secs(20), || {
+        env.lines("out.jsonl").len() == 20
+    })
+    .await;
+
+    let new = env.mock.merge("contacts", 3, &[4, 5]).unwrap();
+    let merge = json!([{
+        "eventId": 99, "subscriptionId": 8, "portalId": 62515, "appId": 1,
+        "occurredAt": Millis::now().0, "subscriptionType": "contact.merge",
+        "attemptNumber": 0, "objectId": 3, "primaryObjectId": 3,
+        "mergedObjectIds": [4, 5], "newObjectId": new, "numberOfPropertiesMoved": 2,
+    }]);
+    assert_eq!(serve.send(&merge.to_string()).await.0, 200);
+    eventually(Duration::from_secs(20), || {
+        env.lines("out.jsonl").len() == 24
+    })
+    .await;
+
+    let lines = env.lines("out.jsonl");
+    let added = &lines[20..];
+    let winner: Vec<&Value> = added
+        .iter()
+        .filter(|l| crate::support::id_of(l) == new)
+        .collect();
+    assert_eq!(winner.len(), 1, "{added:#?}");
+    assert_eq!(winner[0]["archived"], false);
+    for loser in [3, 4, 5] {
+        let t: Vec<&Value> = added
+            .iter()
+            .filter(|l| crate::support::id_of(l) == loser)
+            .collect();
+        assert_eq!(t.len(), 1, "{loser} tombstoned once: {added:#?}");
+        assert_eq!(t[0]["archived"], true);
+        assert_eq!(t[0]["mergedInto"], new.to_string());
+    }
+    serve.stop().await;
+}

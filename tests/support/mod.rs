@@ -113,6 +113,15 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The id of a delivered record.
+#[track_caller]
+pub fn id_of(line: &Value) -> u64 {
+    line["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric id in {line}"))
+}
+
 /// How many times each id was delivered.
 pub fn id_counts(lines: &[Value]) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();

@@ -8,7 +8,7 @@
 
 mod ledger;
 mod queue;
-mod schema;
+pub mod schema;
 mod status;
 mod syncs;
 mod windows;
