@@ -235,10 +235,22 @@ impl Engine {
         if job.pass != Pass::Main || !main_done || shutdown.requested() {
             return Ok(finished);
         }
-        if let Err(error) = self
+        let counters = self.client.counters();
+        let before = (
+            counters.requests.load(Ordering::Relaxed),
+            counters.retries.load(Ordering::Relaxed),
+            counters.rate_limited.load(Ordering::Relaxed),
+        );
+        let trailing = self
             .trailing_passes(job, &sync, now, &properties, shutdown, &mut finished.report)
-            .await
-        {
+            .await;
+        // The summary counts the requests of the whole run.
+        let counters = self.client.counters();
+        let report = &mut finished.report;
+        report.requests += counters.requests.load(Ordering::Relaxed) - before.0;
+        report.retries += counters.retries.load(Ordering::Relaxed) - before.1;
+        report.rate_limited += counters.rate_limited.load(Ordering::Relaxed) - before.2;
+        if let Err(error) = trailing {
             let error = error.context(format!(
                 "the window of {} -> {} committed, but",
                 job.object, job.destination
