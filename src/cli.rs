@@ -38,9 +38,18 @@ pub struct GlobalArgs {
     pub db: PathBuf,
 
     /// HubSpot private-app access token (sent as Bearer). Prefer the environment
-    /// variable: command lines are visible to other users in `ps`.
+    /// variable or --token-file: command lines are visible to other users in `ps`.
     #[arg(long, env = "HUBSPOT_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+
+    /// Read the token from this file (one line; keep it 0600).
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// Kill an exec: handler that runs longer than this on one page, and fail the page
+    /// (it is retried like any failure).
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = duration, global = true)]
+    pub handler_timeout: Duration,
 
     /// HubSpot API base URL.
     #[arg(
@@ -235,9 +244,29 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
 
-    /// The app's client secret, which HubSpot signs webhooks with.
-    #[arg(long, env = "HUBSPOT_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: String,
+    /// The app's client secret, which HubSpot signs webhooks with. Prefer the environment
+    /// variable or --client-secret-file: command lines are visible in `ps`.
+    #[arg(
+        long,
+        env = "HUBSPOT_CLIENT_SECRET",
+        hide_env_values = true,
+        required_unless_present = "client_secret_file"
+    )]
+    pub client_secret: Option<String>,
+
+    /// Read the client secret from this file (one line; keep it 0600).
+    #[arg(long, value_name = "PATH", conflicts_with = "client_secret")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Most connections open at once; at the cap, idle ones (no request in flight) are
+    /// closed oldest first so that a real sender still gets in.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_connections: u32,
+
+    /// /healthz answers 503 when due webhook events have waited this long without the
+    /// worker making progress (a hung handler, say).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = duration)]
+    pub health_stall: Duration,
 
     /// The URL HubSpot calls (and signs), when a proxy sits in front
     /// [default: http://ADDR/webhooks/hubspot].

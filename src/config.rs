@@ -13,7 +13,7 @@ use crate::destination::Destination;
 use crate::hubspot::{ClientConfig, RetryPolicy};
 use crate::object::ObjectType;
 use crate::progress::ProgressMode;
-use crate::sink::SinkSpec;
+use crate::sink::{HandlerOptions, SinkSpec};
 use crate::state::Pass;
 use crate::sync::{PollJob, Wanted};
 use crate::timestamp::Millis;
@@ -42,6 +42,8 @@ pub struct Config {
     pub db: PathBuf,
     pub log: LogConfig,
     pub command: CommandConfig,
+    /// Said at WARN once logging is up (a secret on the command line, say).
+    pub warnings: Vec<String>,
 }
 
 /// How to log.
@@ -82,6 +84,9 @@ pub struct ServeConfig {
     pub accept: crate::webhook::receiver::Accept,
     pub client: ClientConfig,
     pub dead_after: u32,
+    pub handlers: HandlerOptions,
+    pub max_connections: usize,
+    pub health_stall: std::time::Duration,
 }
 
 /// `dead-letters ...`.
@@ -131,6 +136,7 @@ pub struct MockConfig {
 pub struct PollConfig {
     pub job: PollJob,
     pub sink: SinkSpec,
+    pub handlers: HandlerOptions,
     pub client: ClientConfig,
     pub json: bool,
     /// Continuous mode: a window every this long.
@@ -143,6 +149,7 @@ pub struct PollConfig {
 pub struct VerifyConfig {
     pub object: ObjectType,
     pub sink: SinkSpec,
+    pub handlers: HandlerOptions,
     pub destination: Destination,
     pub repair: bool,
     pub json: bool,
@@ -185,8 +192,9 @@ impl Config {
         if global.max_attempts == 0 {
             return Err(usage("--max-attempts must be at least 1"));
         }
+        let mut warnings = Vec::new();
         let command = match &cli.command {
-            Command::Poll(args) => CommandConfig::Poll(poll(args, global, now)?),
+            Command::Poll(args) => CommandConfig::Poll(poll(args, global, now, &mut warnings)?),
             Command::Status(args) => CommandConfig::Status(StatusConfig {
                 object: args.object.as_deref().map(parse_object).transpose()?,
                 json: args.json,
@@ -194,11 +202,15 @@ impl Config {
             }),
             Command::Cursor(command) => CommandConfig::Cursor(cursor(command, now)?),
             Command::Serve(args) => {
-                if args.client_secret.trim().is_empty() {
-                    return Err(usage(
-                        "no client secret: set HUBSPOT_CLIENT_SECRET (or pass --client-secret)",
-                    ));
-                }
+                let secret = secret(
+                    "client secret",
+                    args.client_secret.as_deref(),
+                    args.client_secret_file.as_deref(),
+                    "HUBSPOT_CLIENT_SECRET",
+                    "--client-secret-file",
+                    &mut warnings,
+                )?;
+                let client = client_config(global, &mut warnings)?;
                 let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
                 let polls = args
                     .poll
@@ -219,7 +231,8 @@ impl Config {
                 }
                 CommandConfig::Serve(ServeConfig {
                     listen: args.listen,
-                    secret: Token::new(args.client_secret.clone()),
+                    handlers: handlers(global, &[&client.token, &secret]),
+                    secret,
                     public_url: args.public_url.clone(),
                     sink,
                     destination,
@@ -230,8 +243,10 @@ impl Config {
                     } else {
                         crate::webhook::receiver::Accept::V3
                     },
-                    client: client_config(global)?,
+                    client,
                     dead_after: args.dead_after,
+                    max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+                    health_stall: args.health_stall,
                 })
             }
             Command::Reconcile(args) => {
@@ -247,10 +262,12 @@ impl Config {
                 job.pass = Pass::Side;
                 job.ask.bounds.since = Some(now.minus(args.lookback));
                 job.recheck = std::time::Duration::ZERO;
+                let client = client_config(global, &mut warnings)?;
                 CommandConfig::Poll(PollConfig {
                     job,
                     sink,
-                    client: client_config(global)?,
+                    handlers: handlers(global, &[&client.token]),
+                    client,
                     json: args.json,
                     interval: None,
                     progress: ProgressMode::detect(global.quiet),
@@ -263,13 +280,15 @@ impl Config {
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
                     ));
                 }
+                let client = client_config(global, &mut warnings)?;
                 CommandConfig::Verify(VerifyConfig {
                     object: parse_object(&args.object)?,
                     sink,
+                    handlers: handlers(global, &[&client.token]),
                     destination,
                     repair: args.repair,
                     json: args.json,
-                    client: client_config(global)?,
+                    client,
                 })
             }
             Command::DeadLetters(DeadLettersCommand::List { json }) => {
@@ -305,7 +324,12 @@ impl Config {
                         .accept_token
                         .clone()
                         .or_else(|| global.token.clone())
-                        .filter(|t| !t.trim().is_empty()),
+                        .or_else(|| {
+                            let file = global.token_file.as_deref()?;
+                            std::fs::read_to_string(file).ok()
+                        })
+                        .map(|t| t.trim().to_owned())
+                        .filter(|t| !t.is_empty()),
                     latency: args.latency,
                     rate_limit: args.limit,
                     lag: args.lag,
@@ -318,12 +342,18 @@ impl Config {
             db: global.db.clone(),
             log,
             command,
+            warnings,
         })
     }
 }
 
 /// `poll`, validated.
-fn poll(args: &PollArgs, global: &GlobalArgs, now: Millis) -> Result<PollConfig, UsageError> {
+fn poll(
+    args: &PollArgs,
+    global: &GlobalArgs,
+    now: Millis,
+    warnings: &mut Vec<String>,
+) -> Result<PollConfig, UsageError> {
     let object = parse_object(&args.object)?;
     let bounds = Bounds {
         since: when("--since", args.since.as_deref(), now)?,
@@ -366,7 +396,9 @@ fn poll(args: &PollArgs, global: &GlobalArgs, now: Millis) -> Result<PollConfig,
                 .collect(),
         )
     };
+    let client = client_config(global, warnings)?;
     Ok(PollConfig {
+        handlers: handlers(global, &[&client.token]),
         job: PollJob {
             object,
             destination,
@@ -386,7 +418,7 @@ fn poll(args: &PollArgs, global: &GlobalArgs, now: Millis) -> Result<PollConfig,
             deletes_every: args.passes.deletes_every,
         },
         sink,
-        client: client_config(global)?,
+        client,
         json: args.json,
         interval: args.interval,
         // A bar redrawn for hours in continuous mode is noise, not progress.
@@ -506,15 +538,27 @@ fn retry_policy(global: &GlobalArgs) -> RetryPolicy {
     }
 }
 
-fn client_config(global: &GlobalArgs) -> Result<ClientConfig, UsageError> {
-    let token = match global.token.as_deref().map(str::trim) {
-        None | Some("") => {
-            return Err(usage(
-                "no HubSpot token: set HUBSPOT_TOKEN (or pass --token) to a private-app access token",
-            ));
+fn client_config(
+    global: &GlobalArgs,
+    warnings: &mut Vec<String>,
+) -> Result<ClientConfig, UsageError> {
+    let token = secret(
+        "HubSpot token",
+        global.token.as_deref(),
+        global.token_file.as_deref(),
+        "HUBSPOT_TOKEN",
+        "--token-file",
+        warnings,
+    )
+    .map_err(|e| {
+        if global.token.is_none() && global.token_file.is_none() {
+            usage(
+                "no HubSpot token: set HUBSPOT_TOKEN (or pass --token-file) to a private-app access token",
+            )
+        } else {
+            e
         }
-        Some(t) => Token::new(t),
-    };
+    })?;
     if !(global.base_url.starts_with("http://") || global.base_url.starts_with("https://")) {
         return Err(usage(format!(
             "--base-url `{}` must start with http:// or https://",
@@ -528,6 +572,44 @@ fn client_config(global: &GlobalArgs) -> Result<ClientConfig, UsageError> {
         timeout: global.timeout,
         retry: retry_policy(global),
     })
+}
+
+/// A secret from its file, its environment variable or (with a warning) the command line.
+fn secret(
+    what: &str,
+    given: Option<&str>,
+    file: Option<&std::path::Path>,
+    env: &str,
+    file_flag: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Token, UsageError> {
+    let value = match (given, file) {
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("{file_flag} {}: {e}", path.display())))?,
+        (Some(value), None) => {
+            if std::env::var(env).ok().as_deref() != Some(value) {
+                warnings.push(format!(
+                    "the {what} is on the command line, where `ps` shows it to every user of \
+                     this machine; use {env} or {file_flag} instead"
+                ));
+            }
+            value.to_owned()
+        }
+        (None, None) => String::new(),
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(usage(format!("no {what}: set {env} (or pass {file_flag})")));
+    }
+    Ok(Token::new(value))
+}
+
+/// How exec: handlers run: the global timeout, and the secrets they must not see.
+fn handlers(global: &GlobalArgs, secrets: &[&Token]) -> HandlerOptions {
+    HandlerOptions {
+        timeout: global.handler_timeout,
+        secrets: secrets.iter().map(|t| (*t).clone()).collect(),
+    }
 }
 
 /// The object's default properties (HubSpot's default search set).

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use crate::command::verify::DriftFound;
 use crate::config::UsageError;
-use crate::lock::{LockHeld, NoStateDir};
+use crate::lock::{LockHeld, NoStateDir, ServeHeld};
 use crate::state::sqlite::{NewerSchema, NotAStateFile};
 use crate::sync::NeedsRefresh;
 use crate::window::PlanError;
@@ -43,7 +43,7 @@ pub fn code(err: &anyhow::Error) -> u8 {
     let any = |f: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| err.chain().any(f);
     if any(&|e| e.is::<UsageError>() || e.is::<NeedsRefresh>() || e.is::<PlanError>()) {
         USAGE
-    } else if any(&|e| e.is::<LockHeld>()) {
+    } else if any(&|e| e.is::<LockHeld>() || e.is::<ServeHeld>()) {
         LOCKED
     } else if any(&|e| e.is::<DriftFound>()) {
         DRIFT

@@ -66,6 +66,9 @@ use crate::timestamp::Millis;
 pub fn run(cli: Cli) -> Result<()> {
     let config = Config::new(cli, Millis::now())?;
     logging::init(config.log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -27,8 +27,17 @@ pub struct LockHeld {
     path: String,
 }
 
+/// Another `serve` delivers webhooks from this state file; exits 75. One worker per
+/// state file, or two would hand the same events to the sink twice.
+#[derive(Debug, thiserror::Error)]
+#[error("another martech-sync serve ({holder}) is delivering webhooks from {path}; exiting")]
+pub struct ServeHeld {
+    holder: String,
+    path: String,
+}
+
 /// The directory beside the state file `db` that holds its locks cannot be made: the
-/// state file's own directory is missing or not writable.
+/// state file's own directory is missing or not writable. Exits 78.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot use the state file {path}: {why}")]
 pub struct NoStateDir {
@@ -36,19 +45,30 @@ pub struct NoStateDir {
     pub why: String,
 }
 
-/// A held lock; dropping it releases it.
+/// A held lock of one sync; dropping it releases it.
 #[derive(Debug)]
 pub struct ObjectLock {
     _file: File,
 }
 
-/// The lock file of `object` to `destination` for the state file `db`.
-pub fn lock_path(db: &Path, object: &ObjectType, destination: &Destination) -> PathBuf {
+/// The lock of the one `serve` of a state file.
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: File,
+}
+
+/// The directory beside the state file `db` that holds its locks.
+fn locks_dir(db: &Path) -> PathBuf {
     let mut dir = db.file_name().unwrap_or_default().to_os_string();
     dir.push(".locks");
+    db.with_file_name(dir)
+}
+
+/// The lock file of `object` to `destination` for the state file `db`.
+pub fn lock_path(db: &Path, object: &ObjectType, destination: &Destination) -> PathBuf {
     let digest = Sha256::digest(destination.key().as_bytes());
     let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    db.with_file_name(dir).join(format!("{object}-{tag}.lock"))
+    locks_dir(db).join(format!("{object}-{tag}.lock"))
 }
 
 impl ObjectLock {
@@ -63,57 +83,80 @@ impl ObjectLock {
         object: &ObjectType,
         destination: &Destination,
     ) -> Result<ObjectLock> {
-        let path = lock_path(db, object, destination);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(dir)
-            && e.kind() != std::io::ErrorKind::AlreadyExists
-        {
-            let parent = db.parent().filter(|p| !p.as_os_str().is_empty());
-            let why = match parent {
-                Some(p) if !p.exists() => format!("its directory {} does not exist", p.display()),
-                _ => format!("cannot create {}: {e}", dir.display()),
-            };
-            return Err(NoStateDir {
+        match take(db, &lock_path(db, object, destination))? {
+            Ok(file) => Ok(ObjectLock { _file: file }),
+            Err(holder) => Err(LockHeld {
+                object: object.to_string(),
+                destination: destination.to_string(),
+                holder,
                 path: db.display().to_string(),
-                why,
             }
-            .into());
+            .into()),
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let holder = match pid.trim() {
-                    "" => "pid unknown".to_owned(),
-                    pid => format!("pid {pid}"),
-                };
-                return Err(LockHeld {
-                    object: object.to_string(),
-                    destination: destination.to_string(),
-                    holder,
-                    path: db.display().to_string(),
-                }
-                .into());
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
-            }
-        }
-        file.set_len(0)?;
-        file.rewind()?;
-        write!(file, "{}", std::process::id())?;
-        file.flush()?;
-        Ok(ObjectLock { _file: file })
     }
+}
+
+impl ServeLock {
+    /// Takes the serve lock of the state file `db`, without waiting.
+    ///
+    /// # Errors
+    /// [`ServeHeld`] when another process has it; as [`ObjectLock::acquire`] otherwise.
+    pub fn acquire(db: &Path) -> Result<ServeLock> {
+        match take(db, &locks_dir(db).join("serve.lock"))? {
+            Ok(file) => Ok(ServeLock { _file: file }),
+            Err(holder) => Err(ServeHeld {
+                holder,
+                path: db.display().to_string(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// Takes the lock file `path` without waiting: the open file, or who holds it.
+fn take(db: &Path, path: &Path) -> Result<Result<File, String>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(dir)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        let parent = db.parent().filter(|p| !p.as_os_str().is_empty());
+        let why = match parent {
+            Some(p) if !p.exists() => format!("its directory {} does not exist", p.display()),
+            _ => format!("cannot create {}: {e}", dir.display()),
+        };
+        return Err(NoStateDir {
+            path: db.display().to_string(),
+            why,
+        }
+        .into());
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Ok(Err(match pid.trim() {
+                "" => "pid unknown".to_owned(),
+                pid => format!("pid {pid}"),
+            }));
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    file.flush()?;
+    Ok(Ok(file))
 }
 
 #[cfg(test)]

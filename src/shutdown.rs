@@ -1,7 +1,9 @@
 //! `Shutdown`: a request to stop, from SIGINT/SIGTERM (or a test). The engine checks it
 //! between pages: the page in hand is delivered and checkpointed, a page being fetched is
 //! abandoned (nothing of it was delivered), and the window stays open for the next run.
-//! A second signal ends the process at once; the state file is crash-safe anyway.
+//! An `exec:` handler gets a few seconds to confirm its page, then its process group is
+//! killed. A second signal kills the handler's group and ends the process at once with
+//! 130; the state file is crash-safe anyway.
 
 use tokio::sync::watch;
 
@@ -53,6 +55,7 @@ impl Shutdown {
                     _ = int.recv() => "SIGINT",
                 };
                 if count > 1 {
+                    crate::sink::kill_running_handler();
                     eprintln!(
                         "error: {name} again: stopping now; the next run resumes the open window"
                     );

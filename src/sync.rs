@@ -33,7 +33,7 @@ use crate::properties::PropertySet;
 use crate::record::Record;
 use crate::report::{Outcome, PassReport, RunReport, SweepReport};
 use crate::shutdown::Shutdown;
-use crate::sink::{Sink, SinkSpec};
+use crate::sink::{HandlerOptions, Sink, SinkSpec};
 use crate::state::{Checkpoint, Pass, RunId, State, Sync, SyncId};
 use crate::timestamp::Millis;
 use crate::window::{self, Ask, Margins, Plan, Slice, Window};
@@ -158,13 +158,14 @@ impl Engine {
     pub fn open(
         db: &std::path::Path,
         client: &ClientConfig,
-        sink: &SinkSpec,
+        sink: (&SinkSpec, &HandlerOptions),
+        shutdown: &Shutdown,
         progress: ProgressMode,
     ) -> Result<Engine> {
         Ok(Engine::new(
             crate::state::open(db)?,
             Client::new(client)?,
-            Sink::open(sink)?,
+            Sink::open(sink.0, sink.1, shutdown)?,
             progress,
         ))
     }

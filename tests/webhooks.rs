@@ -16,6 +16,7 @@ const SECRET: &str = "app-client-secret-5c1e";
 /// A running `serve` and where to reach it.
 struct Serve {
     child: Child,
+    /// `http://127.0.0.1:PORT`.
     base: String,
 }
 
@@ -34,7 +35,7 @@ impl Serve {
             .next_line()
             .await
             .unwrap();
-        let Some(base) = line else {
+        let Some(hook) = line else {
             let out = child.wait_with_output().await.unwrap();
             panic!(
                 "serve exited {:?}: {}",
@@ -42,6 +43,10 @@ impl Serve {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
+        let base = hook
+            .strip_suffix("/webhooks/hubspot")
+            .unwrap_or_else(|| panic!("serve printed {hook:?}, not its webhook URL"))
+            .to_owned();
         Serve { child, base }
     }
 

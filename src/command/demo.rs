@@ -77,6 +77,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
             deletes_every: Duration::ZERO,
         },
         sink: SinkSpec::Sqlite,
+        handlers: crate::sink::HandlerOptions::default(),
         client,
         json: false,
         interval: None,

@@ -26,7 +26,13 @@ pub struct Interrupted;
 pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
-    let mut engine = Engine::open(db, &config.client, &config.sink, config.progress)?;
+    let mut engine = Engine::open(
+        db,
+        &config.client,
+        (&config.sink, &config.handlers),
+        &shutdown,
+        config.progress,
+    )?;
     if let Some(interval) = config.interval {
         return watch::run(&mut engine, &config.job, interval, &shutdown, |report| {
             print_summary(config, report)
@@ -47,10 +53,15 @@ pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
 /// When the run could not start: lock held, state file or client unusable.
 pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
     let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
-    let mut engine = Engine::open(db, &config.client, &config.sink, config.progress)?;
-    engine
-        .poll(&config.job, Millis::now(), &Shutdown::default())
-        .await
+    let shutdown = Shutdown::default();
+    let mut engine = Engine::open(
+        db,
+        &config.client,
+        (&config.sink, &config.handlers),
+        &shutdown,
+        config.progress,
+    )?;
+    engine.poll(&config.job, Millis::now(), &shutdown).await
 }
 
 fn print_summary(config: &PollConfig, report: &RunReport) -> Result<()> {

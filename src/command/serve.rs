@@ -1,10 +1,15 @@
 //! `serve`: webhooks for latency, poll windows for completeness, in one process with
-//! one state file, one sink and one dedupe table. The receiver only queues (so it
-//! answers fast); this loop owns the engine and alternates between draining the queue
-//! and, every `--interval`, a reconciliation window per polled object. SIGTERM stops
-//! accepting, answers requests in flight, lets the worker finish the batch in hand and
-//! exits 0; queued events wait in the state file for the next start.
+//! one state, one sink and one ledger. The receiver only queues (so it answers fast,
+//! under the limits of `webhook/server.rs`); this loop owns the engine and alternates
+//! between draining the queue and, every `--interval`, a reconciliation window per
+//! polled object. One `serve` per state file (a second exits 75).
+//!
+//! Shutdown is bounded: SIGTERM stops accepting, lets requests in flight finish for a
+//! few seconds, gives the worker's handler a few seconds to confirm its page (then kills
+//! its process group), and exits 0 within ten seconds; queued events wait in the state
+//! for the next start.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,16 +21,17 @@ use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::ServeConfig;
-use crate::destination::Destination;
 use crate::hubspot::error::{is_auth_failure, is_daily_limit};
-use crate::lock::ObjectLock;
+use crate::lock::{ObjectLock, ServeLock};
 use crate::progress::ProgressMode;
 use crate::shutdown::Shutdown;
 use crate::state::Sqlite;
 use crate::sync::Engine;
 use crate::timestamp::Millis;
+use crate::webhook::health::{Health, Reconciliation};
 use crate::webhook::receiver::{Receiver, router};
-use crate::webhook::worker;
+use crate::webhook::server::{self, LimitLog, Limits};
+use crate::webhook::worker::{self, Locks};
 
 /// How long the worker drains before the loop looks at the reconciliation tick again.
 const DRAIN_BUDGET: Duration = Duration::from_secs(5);
@@ -36,15 +42,191 @@ const KEEP_DONE: Duration = Duration::from_secs(3 * 86_400);
 /// (the limit resets at midnight in the account's time zone; retrying sooner only takes
 /// from the portal's other apps).
 const DAILY_PAUSE: Duration = Duration::from_secs(900);
+/// A request's headers must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request must be complete within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a stop: how long requests in flight may finish.
+const REQUEST_GRACE: Duration = Duration::from_secs(4);
+/// After a stop: how long the worker's batch in hand may finish.
+const WORKER_GRACE: Duration = Duration::from_secs(5);
+/// Descriptors kept for the state, the sink and HubSpot when capping connections.
+const FD_RESERVE: u64 = 64;
+
+/// Runs the receiver and the worker until a signal.
+///
+/// # Errors
+/// Another `serve` on the state file, a lock held, the address taken, the state
+/// unusable, or a refused token.
+pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
+    let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    let _serve = ServeLock::acquire(db)?;
+    let polled = config
+        .polls
+        .iter()
+        .map(|job| {
+            Ok((
+                job.object.clone(),
+                ObjectLock::acquire(db, &job.object, &job.destination)?,
+            ))
+        })
+        .collect::<Result<HashMap<_, _>>>()?;
+    let locks = Locks::new(db, &config.destination, polled);
+    let mut engine = Engine::open(
+        db,
+        &config.client,
+        (&config.sink, &config.handlers),
+        &shutdown,
+        ProgressMode::Hidden,
+    )?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let hook = format!("http://{addr}/webhooks/hubspot");
+    let public_url = config.public_url.clone().unwrap_or_else(|| hook.clone());
+
+    let receiver_state = Sqlite::open(db)?;
+    // Better a quick 503 (HubSpot retries) than an answer after its 5-second timeout.
+    receiver_state.set_busy_timeout(Duration::from_secs(2))?;
+    let health = Arc::new(Health::new(config.health_stall));
+    let health_state = Sqlite::open(db)?;
+    health_state.set_busy_timeout(Duration::from_secs(2))?;
+    {
+        let health = Arc::clone(&health);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { health.watch(Arc::new(health_state), shutdown).await });
+    }
+    let queued = Arc::new(Notify::new());
+    let log = Arc::new(LimitLog::default());
+    let receiver = Arc::new(Receiver {
+        state: Arc::new(receiver_state),
+        secret: config.secret.expose().as_bytes().to_vec(),
+        public_url: public_url.clone(),
+        accept: config.accept,
+        queued: Arc::clone(&queued),
+        health: Arc::clone(&health),
+        log: Arc::clone(&log),
+        budget: Receiver::body_budget(),
+    });
+    let limits = Limits {
+        max_connections: connection_cap(config.max_connections),
+        header_timeout: HEADER_TIMEOUT,
+        shutdown_grace: REQUEST_GRACE,
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        router(receiver, REQUEST_TIMEOUT),
+        limits,
+        shutdown.clone(),
+        log,
+    ));
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{hook}")?;
+        out.flush()?;
+    }
+    tracing::info!(%public_url, polls = config.polls.len(), max_connections = limits.max_connections,
+        "receiving webhooks");
+
+    let mut reconcile = tokio::time::interval(config.interval);
+    reconcile.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let polling = !config.polls.is_empty();
+    let retry = worker::Retry {
+        base: config.client.retry.base,
+        dead_after: config.dead_after,
+    };
+    let mut paused_until: Option<Instant> = None;
+    // Work in hand when a stop comes gets WORKER_GRACE, then it is dropped (the state
+    // is crash-safe: what was not committed is delivered again later).
+    let deadline = async {
+        shutdown.wait().await;
+        tokio::time::sleep(WORKER_GRACE).await;
+    };
+    tokio::pin!(deadline);
+    let outcome: Result<()> = loop {
+        let reconciling = tokio::select! {
+            () = queued.notified() => false,
+            () = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = reconcile.tick(), if polling => true,
+            () = shutdown.wait() => break Ok(()),
+        };
+        let work = async {
+            if reconciling {
+                reconcile_all(&mut engine, config, &health, &shutdown).await?;
+            }
+            drain(&mut engine, &locks, retry, &shutdown, &mut paused_until).await?;
+            health.progress();
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::select! {
+            result = work => if let Err(e) = result { break Err(e) },
+            () = &mut deadline => break Ok(()),
+        }
+    };
+    crate::sink::kill_running_handler();
+    server
+        .await
+        .context("the webhook server task")?
+        .context("serving webhooks")?;
+    outcome?;
+    tracing::info!("stopped; queued events wait in the state file");
+    Ok(())
+}
+
+/// One reconciliation window per polled object.
+///
+/// # Errors
+/// A refused token: no later tick can fix it.
+async fn reconcile_all(
+    engine: &mut Engine,
+    config: &ServeConfig,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    for job in &config.polls {
+        let (outcome, error) = match engine.poll(job, Millis::now(), shutdown).await {
+            Ok(finished) => {
+                let outcome = finished.report.outcome.as_str().to_owned();
+                match finished.error {
+                    Some(error) if is_auth_failure(&error) => return Err(error),
+                    Some(error) => {
+                        let text = format!("{error:#}");
+                        tracing::error!(object = %job.object, error = %text,
+                            "reconciliation window failed; the next tick retries it");
+                        (outcome, Some(text))
+                    }
+                    None => (outcome, None),
+                }
+            }
+            Err(error) => {
+                let text = format!("{error:#}");
+                tracing::error!(object = %job.object, error = %text,
+                    "reconciliation window could not run; the next tick retries it");
+                ("failed".to_owned(), Some(text))
+            }
+        };
+        health.reconciled(Reconciliation {
+            object: job.object.to_string(),
+            at: Millis::now().to_rfc3339(),
+            outcome,
+            error,
+        });
+        if shutdown.requested() {
+            break;
+        }
+    }
+    Ok(())
+}
 
 /// Delivers due events, a batch at a time, for at most [`DRAIN_BUDGET`]; a signal stops
-/// it between batches. State file errors are logged and retried on the next turn.
+/// it between batches. State errors are logged and retried on the next turn.
 ///
 /// # Errors
 /// A refused token.
 async fn drain(
     engine: &mut Engine,
-    destination: &Destination,
+    locks: &Locks,
     retry: worker::Retry,
     shutdown: &Shutdown,
     paused_until: &mut Option<Instant>,
@@ -54,8 +236,8 @@ async fn drain(
     }
     let started = Instant::now();
     while !shutdown.requested() && started.elapsed() < DRAIN_BUDGET {
-        match worker::drain_once(engine, destination, retry).await {
-            Ok(pass) if pass.events == 0 || pass.failed == pass.events => break,
+        match worker::drain_once(engine, locks, retry, shutdown).await {
+            Ok(pass) if pass.events == 0 || pass.failed + pass.waiting == pass.events => break,
             Ok(_) => {}
             Err(error) if is_auth_failure(&error) => return Err(error),
             Err(error) if is_daily_limit(&error) => {
@@ -80,95 +262,25 @@ async fn drain(
     Ok(())
 }
 
-/// Runs the receiver and the worker until a signal.
-///
-/// # Errors
-/// A lock held, the address taken, the state file unusable, or a refused token.
-pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
-    let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
-    let _locks = config
-        .polls
-        .iter()
-        .map(|job| ObjectLock::acquire(db, &job.object, &job.destination))
-        .collect::<Result<Vec<_>>>()?;
-    let mut engine = Engine::open(db, &config.client, &config.sink, ProgressMode::Hidden)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}/webhooks/hubspot"));
-    let queued = Arc::new(Notify::new());
-    let receiver_state = Sqlite::open(db)?;
-    // Better a quick 503 (HubSpot retries) than an answer after its 5-second timeout.
-    receiver_state.set_busy_timeout(Duration::from_secs(2))?;
-    let receiver = Arc::new(Receiver {
-        state: Arc::new(receiver_state),
-        secret: config.secret.expose().as_bytes().to_vec(),
-        public_url: public_url.clone(),
-        accept: config.accept,
-        queued: Arc::clone(&queued),
-    });
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router(receiver))
-                .with_graceful_shutdown(async move { shutdown.wait().await })
-                .await
-        })
-    };
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "http://{addr}")?;
-        out.flush()?;
-    }
-    tracing::info!(%public_url, polls = config.polls.len(), "receiving webhooks");
-
-    let mut reconcile = tokio::time::interval(config.interval);
-    reconcile.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let polling = !config.polls.is_empty();
-    let mut paused_until = None;
-    let retry = worker::Retry {
-        base: config.client.retry.base,
-        dead_after: config.dead_after,
-    };
-    loop {
-        tokio::select! {
-            () = queued.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = reconcile.tick(), if polling => {
-                for job in &config.polls {
-                    match engine.poll(job, Millis::now(), &shutdown).await {
-                        Ok(finished) => match finished.error {
-                            Some(error) if is_auth_failure(&error) => return Err(error),
-                            Some(error) if is_daily_limit(&error) => tracing::error!(object = %job.object,
-                                error = %format!("{error:#}"), "reconciliation window stopped; the next tick tries again"),
-                            Some(error) => tracing::error!(object = %job.object, error = %format!("{error:#}"),
-                                "reconciliation window failed; the next tick retries it"),
-                            None => {}
-                        },
-                        Err(error) => tracing::error!(object = %job.object, error = %format!("{error:#}"),
-                            "reconciliation window could not run; the next tick retries it"),
-                    }
-                }
-            }
-            () = shutdown.wait() => break,
+/// Raises the descriptor soft limit to the hard limit, and returns how many connections
+/// fit under it with room left for the state, the sink and HubSpot.
+fn connection_cap(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
         }
-        drain(
-            &mut engine,
-            &config.destination,
-            retry,
-            &shutdown,
-            &mut paused_until,
-        )
-        .await?;
     }
-    server
-        .await
-        .context("the webhook server task")?
-        .context("serving webhooks")?;
-    tracing::info!("stopped; queued events wait in the state file");
-    Ok(())
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let room = usize::try_from(soft.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    if room < wanted {
+        tracing::warn!(
+            limit = soft,
+            max_connections = room,
+            "the open-files limit caps connections below --max-connections"
+        );
+    }
+    wanted.min(room).max(1)
 }

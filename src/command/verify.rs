@@ -20,6 +20,7 @@ use crate::ledger;
 use crate::lock::ObjectLock;
 use crate::progress::ProgressMode;
 use crate::record::{Record, RecordId};
+use crate::shutdown::Shutdown;
 use crate::sink::Sink;
 use crate::state::{self, State, Sync};
 use crate::sync::Engine;
@@ -98,7 +99,7 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
 
     let mut repaired = None;
     if config.repair && !drift.is_empty() {
-        let sink = Sink::open(&config.sink)?;
+        let sink = Sink::open(&config.sink, &config.handlers, &Shutdown::on_signals()?)?;
         let mut engine = Engine::new(state.clone(), client.clone(), sink, ProgressMode::Hidden);
         repaired = Some(repair(&mut engine, &sync, &drift, &merged_into).await?);
     }

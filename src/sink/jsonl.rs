@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 
@@ -35,10 +36,12 @@ impl JsonlSink {
                 name: "stdout".into(),
             },
             JsonlTarget::File(path) => {
+                // Records hold customers' personal data: private to the user.
                 let mut file = OpenOptions::new()
                     .create(true)
                     .read(true)
                     .append(true)
+                    .mode(0o600)
                     .open(path)
                     .with_context(|| format!("opening {} for the jsonl sink", path.display()))?;
                 let cut = cut_partial_line(&mut file)

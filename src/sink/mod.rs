@@ -19,9 +19,10 @@ use anyhow::Result;
 
 use crate::object::ObjectType;
 use crate::record::Record;
+use crate::shutdown::Shutdown;
 use crate::state::RecordsTable;
 
-pub use exec::ExecSink;
+pub use exec::{ExecSink, HandlerOptions, kill_running_handler};
 pub use jsonl::JsonlSink;
 
 /// A parsed `--sink` value.
@@ -103,15 +104,20 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Opens the sink `spec` names.
+    /// Opens the sink `spec` names; an `exec:` handler runs under `handlers` and is
+    /// stopped by `shutdown`.
     ///
     /// # Errors
     /// When a jsonl file cannot be opened for appending.
-    pub fn open(spec: &SinkSpec) -> Result<Sink> {
+    pub fn open(spec: &SinkSpec, handlers: &HandlerOptions, shutdown: &Shutdown) -> Result<Sink> {
         Ok(match spec {
             SinkSpec::Sqlite => Sink::Sqlite,
             SinkSpec::Jsonl(target) => Sink::Jsonl(JsonlSink::open(target)?),
-            SinkSpec::Exec(command) => Sink::Exec(ExecSink::new(command.clone())),
+            SinkSpec::Exec(command) => Sink::Exec(ExecSink::new(
+                command.clone(),
+                handlers.clone(),
+                shutdown.clone(),
+            )),
         })
     }
 

@@ -215,9 +215,13 @@ pub struct Queued {
 
 /// How many events wait, and how many were given up on.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct QueueDepth {
     pub queued: u64,
     pub dead: u64,
+    /// Since when the longest-waiting due event has been due (epoch ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_due_ms: Option<i64>,
 }
 
 /// The state, whatever keeps it. Every method is one transaction.
@@ -450,7 +454,8 @@ pub trait Storage: Send + std::marker::Sync {
     /// On storage errors.
     async fn queue_depth(&self) -> Result<QueueDepth>;
 
-    /// Whether the state takes writes (for `/healthz`).
+    /// Whether the state takes writes (for `/healthz`): a real write, so that a full
+    /// disk shows, not just the lock.
     ///
     /// # Errors
     /// When it does not.

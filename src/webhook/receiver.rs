@@ -1,28 +1,43 @@
 //! The HTTP side of `serve`: `POST /webhooks/hubspot` verifies the signature over the
 //! raw body, parses the events, writes them to the queue in one transaction and answers
 //! 200, in milliseconds, whatever the sink is doing (the worker delivers later).
-//! `GET /healthz` says whether the state file takes writes.
+//! `GET /healthz` answers from the last health check (see `health.rs`).
 //!
-//! Answers: 401 for a bad or missing signature (logged at WARN, without the body), 413
-//! for a body over 1 MiB, 400 for a body that is not a JSON array of events, 503 when
-//! the queue cannot be written (HubSpot retries), 200 otherwise, duplicates included.
+//! Answers: 401 for a missing, stale or wrong signature (logged at WARN, without the
+//! body), decided from the headers before any body is read when it can be; 413 for a
+//! body over 1 MiB (from `Content-Length`, before reading it); 408 for a request not
+//! complete within the request timeout; 400 for a body that is not a JSON array of
+//! events; 503 when the queue cannot be written or too many bodies are being read at
+//! once (HubSpot retries); 200 otherwise, duplicates included.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State as Shared};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State as Shared};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::Notify;
+use http_body_util::BodyExt;
+use tokio::sync::{Notify, Semaphore};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use super::event::parse_batch;
-use super::signature::{Signed, Version, verify};
+use super::health::Health;
+use super::server::LimitLog;
+use super::signature::{Signed, Version, precheck, verify};
 use crate::state::State;
 use crate::timestamp::Millis;
 
 /// HubSpot sends at most 100 events; anything near a mebibyte is not HubSpot.
 pub const MAX_BODY: usize = 1 << 20;
+/// Body bytes read at once across all requests: bounds memory whatever arrives.
+const BODY_BUDGET: usize = 32 << 20;
+/// How long a request waits for room in the body budget before a 503.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// Which signature versions are accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,22 +59,55 @@ pub struct Receiver {
     pub accept: Accept,
     /// Wakes the worker when events were queued.
     pub queued: Arc<Notify>,
+    pub health: Arc<Health>,
+    pub log: Arc<LimitLog>,
+    /// Bytes of bodies being read.
+    pub budget: Arc<Semaphore>,
 }
 
-/// The receiver's routes.
-pub fn router(receiver: Arc<Receiver>) -> Router {
+impl Receiver {
+    /// The budget of body bytes read at once.
+    pub fn body_budget() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(BODY_BUDGET))
+    }
+}
+
+/// The receiver's routes, with the request timeout and the early body cap.
+pub fn router(receiver: Arc<Receiver>, request_timeout: Duration) -> Router {
+    let log = Arc::clone(&receiver.log);
     Router::new()
         .route("/webhooks/hubspot", post(receive))
         .route("/healthz", get(health))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(receiver)
+        // The body is read (and capped) by `receive`; axum's own limit would buffer.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let log = Arc::clone(&log);
+            async move {
+                let response = next.run(request).await;
+                match response.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        log.note("body-size", "refused a body over 1 MiB (413)");
+                    }
+                    StatusCode::REQUEST_TIMEOUT => {
+                        log.note(
+                            "request-timeout",
+                            "a request did not complete in time (408)",
+                        );
+                    }
+                    _ => {}
+                }
+                response
+            }
+        }))
 }
 
-async fn receive(
-    Shared(r): Shared<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, &'static str) {
+async fn receive(Shared(r): Shared<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = Millis::now();
     let (version, signature) = match (header("x-hubspot-signature-v3"), r.accept) {
@@ -70,54 +118,96 @@ async fn receive(
         ) {
             (Some(sig), Some("v1")) => (Version::V1, sig),
             (Some(sig), Some("v2")) => (Version::V2, sig),
-            _ => return refuse("no signature header"),
+            _ => return refuse(&r, "no signature header"),
         },
-        (None, Accept::V3) => return refuse("no X-HubSpot-Signature-v3 header"),
+        (None, Accept::V3) => return refuse(&r, "no X-HubSpot-Signature-v3 header"),
+    };
+    let timestamp = header("x-hubspot-request-timestamp");
+    if let Err(why) = precheck(version, timestamp, signature, now) {
+        return refuse(&r, &why.to_string());
+    }
+    let body = match read_body(&r, &headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let signed = Signed {
         method: "POST",
         url: &r.public_url,
         body: &body,
-        timestamp: header("x-hubspot-request-timestamp"),
+        timestamp,
         signature,
     };
     if let Err(why) = verify(&r.secret, version, &signed, now) {
-        return refuse(&why.to_string());
+        return refuse(&r, &why.to_string());
     }
     let events = match parse_batch(&body) {
         Ok(events) => events,
         Err(e) => {
             tracing::warn!(error = %e, bytes = body.len(), "webhook refused");
-            return (StatusCode::BAD_REQUEST, "not a JSON array of events\n");
+            return (StatusCode::BAD_REQUEST, "not a JSON array of events\n").into_response();
         }
     };
     let count = events.len();
     match r.state.enqueue(&events, now).await {
         Ok(new) => {
+            r.health.enqueued(None);
             tracing::debug!(events = count, new, "webhook accepted");
             if new > 0 {
                 r.queued.notify_one();
             }
-            (StatusCode::OK, "ok\n")
+            (StatusCode::OK, "ok\n").into_response()
         }
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "could not queue webhook events; HubSpot will retry");
-            (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n")
+            let error = format!("{e:#}");
+            tracing::error!(error = %error, "could not queue webhook events; HubSpot will retry");
+            r.health.enqueued(Some(error));
+            (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n").into_response()
         }
     }
 }
 
-fn refuse(why: &str) -> (StatusCode, &'static str) {
-    tracing::warn!(reason = why, "webhook refused: signature");
-    (StatusCode::UNAUTHORIZED, "invalid signature\n")
+/// Reads the body within the byte budget shared by all requests.
+async fn read_body(r: &Receiver, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(MAX_BODY)
+        .min(MAX_BODY);
+    let permits = u32::try_from(declared.max(1)).unwrap_or(u32::MAX);
+    let Ok(Ok(_reserved)) = tokio::time::timeout(
+        BUDGET_WAIT,
+        Arc::clone(&r.budget).acquire_many_owned(permits),
+    )
+    .await
+    else {
+        r.log.note(
+            "body-budget",
+            "too many webhook bodies being read at once: answered 503 (HubSpot retries)",
+        );
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response());
+    };
+    match http_body_util::Limited::new(body, declared).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response())
+        }
+        Err(_) => Err((StatusCode::BAD_REQUEST, "body cut short\n").into_response()),
+    }
 }
 
-async fn health(Shared(r): Shared<Arc<Receiver>>) -> (StatusCode, &'static str) {
-    match r.state.check_writable().await {
-        Ok(()) => (StatusCode::OK, "ok\n"),
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "state file not writable");
-            (StatusCode::SERVICE_UNAVAILABLE, "state file not writable\n")
-        }
-    }
+fn refuse(r: &Receiver, why: &str) -> Response {
+    r.log
+        .note("signature", &format!("webhook refused (401): {why}"));
+    (StatusCode::UNAUTHORIZED, "invalid signature\n").into_response()
+}
+
+async fn health(Shared(r): Shared<Arc<Receiver>>) -> Response {
+    let report = r.health.report(Millis::now());
+    let status = if report.problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
 }

@@ -4,10 +4,12 @@
 //! marking the events done in the same transaction. For each record the latest event
 //! decides: a deletion, or a change whose record is gone, becomes a tombstone; a record
 //! merged away becomes a tombstone with `mergedInto` (when the destination holds it). A
-//! failing batch is retried with backoff (×4 an attempt, at most an hour); after
-//! `dead_after` attempts its events are parked as dead letters.
+//! delivery that fails is split until the failing records are alone: only their events
+//! are retried with backoff (×4 an attempt, at most an hour), and after `dead_after`
+//! attempts parked as dead letters; the rest of the batch goes through.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -17,8 +19,10 @@ use crate::destination::Destination;
 use crate::hubspot::error::{is_auth_failure, is_daily_limit};
 use crate::hubspot::hydrate::Unaccounted;
 use crate::ledger;
+use crate::lock::{LockHeld, ObjectLock};
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
+use crate::shutdown::Shutdown;
 use crate::state::{Queued, Sync};
 use crate::sync::Engine;
 use crate::timestamp::Millis;
@@ -51,10 +55,52 @@ pub struct Pass {
     pub events: usize,
     pub delivered: usize,
     pub failed: usize,
+    /// Events left for later because a poll holds their sync's lock.
+    pub waiting: usize,
+}
+
+/// The locks the worker delivers under: one per (object, destination), so a cron poll
+/// of the same sync never races it. The locks of `serve --poll` objects are held for the
+/// whole run; the others are taken for each batch and skipped (the events wait) while
+/// a poll holds them.
+pub struct Locks {
+    db: PathBuf,
+    destination: Destination,
+    held: HashMap<ObjectType, ObjectLock>,
+}
+
+impl Locks {
+    /// Locks for `destination` in the state file `db`, with the ones already `held`.
+    pub fn new(
+        db: &Path,
+        destination: &Destination,
+        held: HashMap<ObjectType, ObjectLock>,
+    ) -> Locks {
+        Locks {
+            db: db.to_owned(),
+            destination: destination.clone(),
+            held,
+        }
+    }
+
+    /// Whether `object` may be delivered now, with the lock to keep while it is.
+    fn take(&self, object: &ObjectType) -> Result<Option<Option<ObjectLock>>> {
+        if self.held.contains_key(object) {
+            return Ok(Some(None));
+        }
+        match ObjectLock::acquire(&self.db, object, &self.destination) {
+            Ok(lock) => Ok(Some(Some(lock))),
+            Err(e) if e.is::<LockHeld>() => {
+                tracing::debug!(%object, "a poll holds the lock; its webhook events wait");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Delivers the events due now to `destination`, one batch per object; returns what it
-/// did. A failed object's events are retried later; the others go on.
+/// did. A failed record's events are retried later; the other records go on.
 ///
 /// # Errors
 /// When the state cannot be read or written, HubSpot refuses the token, or the
@@ -62,8 +108,9 @@ pub struct Pass {
 /// caller waits).
 pub async fn drain_once(
     engine: &mut Engine,
-    destination: &Destination,
+    locks: &Locks,
     retry: Retry,
+    shutdown: &Shutdown,
 ) -> Result<Pass> {
     let due = engine.state.due_events(Millis::now(), BATCH).await?;
     let mut pass = Pass {
@@ -86,47 +133,100 @@ pub async fn drain_once(
                 .await?;
             continue;
         };
-        let sync = engine.state.sync(&object, destination).await?;
-        match deliver(engine, &sync, &events).await {
-            Ok(n) => pass.delivered += n,
+        let Some(_lock) = locks.take(&object)? else {
+            pass.waiting += events.len();
+            continue;
+        };
+        let sync = engine.state.sync(&object, &locks.destination).await?;
+        let units = match fetch(engine, &sync, &events).await {
+            Ok(units) => units,
             // A refused token or a used-up day fails every batch alike: stop rather
             // than bury the queue in dead letters.
             Err(e) if is_auth_failure(&e) || is_daily_limit(&e) => return Err(e),
             Err(e) => {
-                let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
-                let wait = retry.backoff(attempts);
-                let error = format!("{e:#}");
-                tracing::warn!(%object, events = keys.len(), attempts,
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    error = %error, "webhook delivery failed; retrying later");
-                engine
-                    .state
-                    .events_failed(&keys, &error, Millis::now().plus(wait), retry.dead_after)
-                    .await?;
-                pass.failed += keys.len();
+                if !shutdown.requested() {
+                    failed(engine, &object, &events, &e, retry).await?;
+                    pass.failed += events.len();
+                }
+                continue;
             }
+        };
+        let failures = settle(engine, &sync, &units).await;
+        for (unit, error) in failures {
+            let unit = &units[unit];
+            if shutdown.requested() {
+                continue;
+            }
+            let unit_events: Vec<Queued> = events
+                .iter()
+                .filter(|e| unit.keys.contains(&e.key))
+                .cloned()
+                .collect();
+            failed(engine, &object, &unit_events, &error, retry).await?;
+            pass.failed += unit_events.len();
         }
+        pass.delivered += units.iter().map(|u| u.keys.len()).sum::<usize>();
     }
     Ok(pass)
 }
 
-/// Fetches, delivers and marks done one object's events.
-async fn deliver(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<usize> {
+/// Counts a failed attempt on `events`: retried after the backoff, or dead.
+async fn failed(
+    engine: &Engine,
+    object: &ObjectType,
+    events: &[Queued],
+    error: &anyhow::Error,
+    retry: Retry,
+) -> Result<()> {
+    let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
+    let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
+    let wait = retry.backoff(attempts);
+    let error = format!("{error:#}");
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    tracing::warn!(%object, events = keys.len(), ids = ?ids, attempts,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        error = %error, "webhook delivery failed; retrying later");
+    engine
+        .state
+        .events_failed(&keys, &error, Millis::now().plus(wait), retry.dead_after)
+        .await
+}
+
+/// What one record of a batch hands the sink, and the events it settles.
+struct Unit {
+    /// Versions and timestamped tombstones.
+    versions: Vec<Record>,
+    /// Tombstones of records merged away (held live).
+    merged_away: Vec<Record>,
+    keys: Vec<String>,
+}
+
+/// Fetches the current versions of the records `events` name (one batch read) and
+/// groups what to deliver by record. For each record the latest event decides.
+async fn fetch(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<Vec<Unit>> {
     let object = &sync.object;
     // The latest event of each record decides (events come oldest first).
     let mut latest: BTreeMap<RecordId, (EventKind, Millis, Option<u64>)> = BTreeMap::new();
+    let mut units: BTreeMap<RecordId, Unit> = BTreeMap::new();
     for e in events {
-        latest.insert(
-            RecordId(e.id),
-            (e.event_kind(), Millis(e.occurred_ms), e.merged_into),
-        );
+        let id = RecordId(e.id);
+        latest.insert(id, (e.event_kind(), Millis(e.occurred_ms), e.merged_into));
+        units
+            .entry(id)
+            .or_insert_with(|| Unit {
+                versions: Vec::new(),
+                merged_away: Vec::new(),
+                keys: Vec::new(),
+            })
+            .keys
+            .push(e.key.clone());
     }
     let changed: Vec<RecordId> = latest
         .iter()
         .filter(|(_, (kind, _, _))| *kind == EventKind::Change)
         .map(|(id, _)| *id)
         .collect();
-    let fetched = if changed.is_empty() {
+    let mut fetched = if changed.is_empty() {
         Default::default()
     } else {
         let properties = engine.stored_properties(sync).await?;
@@ -135,40 +235,98 @@ async fn deliver(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<
             .batch_read(object, &changed, &properties, Unaccounted::Gone)
             .await?
     };
-    // Records merged into a fetched winner get their tombstone from its
-    // `hs_merged_object_ids`, not a plain one.
-    let winners: Vec<&Record> = fetched.values().collect();
-    let absorbed: HashSet<RecordId> = ledger::merged_ids(&winners)
-        .into_iter()
-        .map(|(id, _)| id)
+    // A merged-away id comes back as its winner, under the winner's id: the winner goes
+    // with the unit of an id it absorbed, and that id gets its tombstone from the
+    // winner's `hs_merged_object_ids`, not a plain one.
+    let mut absorbed: HashMap<RecordId, RecordId> = HashMap::new();
+    {
+        let winners: Vec<&Record> = fetched.values().collect();
+        for (id, winner) in ledger::merged_ids(&winners) {
+            absorbed.entry(id).or_insert(winner.id);
+        }
+    }
+    let strangers: Vec<RecordId> = fetched
+        .keys()
+        .filter(|id| !units.contains_key(id))
+        .copied()
         .collect();
-    let mut versions: Vec<Record> = Vec::new();
-    let mut merged_away: Vec<Record> = Vec::new();
+    for winner in strangers {
+        let home = absorbed
+            .iter()
+            .find(|(id, w)| **w == winner && units.contains_key(id))
+            .map(|(id, _)| *id);
+        if let (Some(home), Some(record)) = (home, fetched.remove(&winner))
+            && let Some(unit) = units.get_mut(&home)
+        {
+            unit.versions.push(record);
+        }
+    }
+    let mut merged_ids = Vec::new();
     for (id, (kind, at, into)) in latest {
+        let Some(unit) = units.get_mut(&id) else {
+            continue;
+        };
         match kind {
-            EventKind::Change if fetched.contains_key(&id) => {}
-            EventKind::Change if absorbed.contains(&id) => {}
-            EventKind::Change | EventKind::Deletion => {
-                versions.push(Record::tombstone(id, at, None));
-            }
+            EventKind::Change => match fetched.remove(&id) {
+                Some(record) => unit.versions.push(record),
+                None if absorbed.contains_key(&id) => {}
+                None => unit.versions.push(Record::tombstone(id, at, None)),
+            },
+            EventKind::Deletion => unit.versions.push(Record::tombstone(id, at, None)),
             EventKind::Merged => {
-                merged_away.push(Record::tombstone(id, at, into.map(RecordId)));
+                merged_ids.push(id);
+                unit.merged_away
+                    .push(Record::tombstone(id, at, into.map(RecordId)));
             }
         }
     }
-    versions.extend(fetched.into_values());
     // A merged-away record is news only to a destination that holds it live.
-    if !merged_away.is_empty() {
-        let ids: Vec<_> = merged_away.iter().map(|r| r.id).collect();
-        let held = engine.state.held(sync.id, &ids).await?;
-        merged_away.retain(|r| held.get(&r.id).is_some_and(|h| !h.archived));
+    if !merged_ids.is_empty() {
+        let held = engine.state.held(sync.id, &merged_ids).await?;
+        for unit in units.values_mut() {
+            unit.merged_away
+                .retain(|r| held.get(&r.id).is_some_and(|h| !h.archived));
+        }
     }
-    let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
-    let delivered = engine
-        .deliver_loose(sync, &versions, merged_away, Some(&keys))
-        .await?;
-    tracing::debug!(%object, events = events.len(), delivered, "webhook events delivered");
-    Ok(delivered)
+    Ok(units.into_values().collect())
+}
+
+/// The units that failed on their own, with why, once a [`settle`] is done.
+type Settling<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(usize, anyhow::Error)>> + Send + 'a>>;
+
+/// Delivers `units` and marks their events done; a failing delivery is split in halves
+/// until the records that fail are alone, so one bad record does not hold back the
+/// rest of its batch. Returns the units that failed on their own, with why.
+fn settle<'a>(engine: &'a mut Engine, sync: &'a Sync, units: &'a [Unit]) -> Settling<'a> {
+    Box::pin(async move {
+        let versions: Vec<Record> = units.iter().flat_map(|u| u.versions.clone()).collect();
+        let merged: Vec<Record> = units.iter().flat_map(|u| u.merged_away.clone()).collect();
+        let keys: Vec<String> = units.iter().flat_map(|u| u.keys.clone()).collect();
+        match engine
+            .deliver_loose(sync, &versions, merged, Some(&keys))
+            .await
+        {
+            Ok(delivered) => {
+                tracing::debug!(object = %sync.object, events = keys.len(), delivered,
+                    "webhook events delivered");
+                Vec::new()
+            }
+            Err(error) if units.len() == 1 => vec![(0, error)],
+            Err(_) => {
+                let (left, right) = units.split_at(units.len() / 2);
+                let mut failures = settle(engine, sync, left).await;
+                let offset = left.len();
+                failures.extend(
+                    settle(engine, sync, right)
+                        .await
+                        .into_iter()
+                        .map(|(i, e)| (i + offset, e)),
+                );
+                failures
+            }
+        }
+    })
 }
 
 #[cfg(test)]

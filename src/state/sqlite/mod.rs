@@ -328,11 +328,7 @@ impl Storage for Sqlite {
     }
 
     async fn check_writable(&self) -> Result<()> {
-        self.with(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.rollback()?;
-            Ok(())
-        })
+        self.write(queue::heartbeat)
     }
 }
 

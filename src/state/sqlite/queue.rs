@@ -108,18 +108,32 @@ pub fn retry_dead(tx: &Transaction<'_>) -> Result<usize> {
 }
 
 pub fn depth(conn: &Connection) -> Result<QueueDepth> {
+    let now = Millis::now().0;
     let depth = conn
         .query_row(
-            "SELECT COUNT(*) FILTER (WHERE state = 'queued'), COUNT(*) FILTER (WHERE state = 'dead')
+            "SELECT COUNT(*) FILTER (WHERE state = 'queued'), COUNT(*) FILTER (WHERE state = 'dead'),
+                    MIN(MAX(received_ms, next_attempt_ms))
+                        FILTER (WHERE state = 'queued' AND next_attempt_ms <= ?1)
              FROM webhook_events",
-            [],
+            [now],
             |r| {
                 Ok(QueueDepth {
                     queued: r.get(0)?,
                     dead: r.get(1)?,
+                    oldest_due_ms: r.get(2)?,
                 })
             },
         )
         .optional()?;
     Ok(depth.unwrap_or_default())
+}
+
+/// A real write: the heartbeat row.
+pub fn heartbeat(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('heartbeat', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [Millis::now().to_rfc3339()],
+    )?;
+    Ok(())
 }

@@ -101,7 +101,8 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX webhook_events_queued ON webhook_events (state, occurred_ms);
     ",
-    // 3: destinations. A sync is (object, destination): cursors, windows, slices and the
+    // 3: destinations, and `meta` (the receiver's heartbeat). A sync is (object,
+    // destination): cursors, windows, slices and the
     // ledger (delivered versions, now with tombstones) are keyed by the sync. What a
     // version-2 file holds goes to the placeholder destination `(unassigned)`, which the
     // next run of the object claims for its own destination. Passes (main, recheck,
@@ -178,6 +179,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE records ADD COLUMN archived_at TEXT;
     ALTER TABLE records ADD COLUMN merged_into INTEGER;
     ALTER TABLE webhook_events ADD COLUMN merged_into INTEGER;
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     ",
 ];
 

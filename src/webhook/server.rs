@@ -1,0 +1,241 @@
+//! The HTTP server of `serve`, which anyone on the internet can reach. Every limit is set
+//! in hyper or tower before our handlers run: a header read timeout (a client that
+//! trickles its headers is dropped), a whole-request timeout, header and buffer caps, and
+//! a cap on open connections at which the oldest idle connection (no request in flight)
+//! is closed so that a real sender still gets in. Shutdown is bounded: in-flight requests
+//! get a grace period, then every connection is dropped. When a limit bites, one log
+//! line says so, at most every ten seconds per kind.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::{AbortHandle, JoinSet};
+use tower::ServiceExt;
+
+use crate::shutdown::Shutdown;
+
+/// The limits of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (also closes idle keep-alives).
+    pub header_timeout: Duration,
+    /// How long requests in flight may finish after a stop was asked for.
+    pub shutdown_grace: Duration,
+}
+
+/// Header bytes a request may have (431 above).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// hyper's read buffer per connection.
+const MAX_BUFFER: usize = 32 * 1024;
+
+/// One log line per kind of limit, at most every ten seconds, with how many were
+/// suppressed in between.
+#[derive(Default)]
+pub struct LimitLog {
+    last: Mutex<BTreeMap<&'static str, (Instant, u64)>>,
+}
+
+impl LimitLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Notes that the limit `kind` bit, logging when the last line is old enough.
+    pub fn note(&self, kind: &'static str, detail: &str) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match last.get_mut(kind) {
+            Some((at, suppressed)) if now.duration_since(*at) < Self::EVERY => *suppressed += 1,
+            entry => {
+                let suppressed = entry.map_or(0, |(_, n)| *n);
+                tracing::warn!(limit = kind, suppressed, "{detail}");
+                last.insert(kind, (now, 0));
+            }
+        }
+    }
+}
+
+/// The open connections: when each was accepted, how many requests it has in flight,
+/// and how to close it.
+#[derive(Default)]
+struct Registry {
+    next: AtomicUsize,
+    open: Mutex<BTreeMap<usize, (Arc<AtomicUsize>, AbortHandle)>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, (Arc<AtomicUsize>, AbortHandle)>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes room for one more connection under `cap`: closes the oldest idle one when
+    /// full. Returns whether there is room.
+    fn make_room(&self, cap: usize, log: &LimitLog) -> bool {
+        let mut open = self.lock();
+        open.retain(|_, (_, handle)| !handle.is_finished());
+        if open.len() < cap {
+            return true;
+        }
+        let idle = open
+            .iter()
+            .find(|(_, (busy, _))| busy.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match idle {
+            Some(id) => {
+                if let Some((_, handle)) = open.remove(&id) {
+                    handle.abort();
+                }
+                log.note(
+                    "connections",
+                    &format!(
+                        "{cap} connections open: closed the oldest idle one to let a new one in"
+                    ),
+                );
+                true
+            }
+            None => {
+                log.note(
+                    "connections",
+                    &format!(
+                        "{cap} connections open, all with a request in flight: refused a new one"
+                    ),
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Counts a request in flight on its connection while alive.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(busy: &Arc<AtomicUsize>) -> InFlight {
+        busy.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(busy))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets requests in flight finish for
+/// the grace period and drops every connection.
+///
+/// # Errors
+/// None so far: accept errors (out of descriptors, say) are logged and retried.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: Shutdown,
+    log: Arc<LimitLog>,
+) -> Result<()> {
+    let registry = Registry::default();
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.wait() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: wait a moment rather than spin.
+                log.note("accept", &format!("cannot accept a connection: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if !registry.make_room(limits.max_connections, &log) {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let id = registry.next.fetch_add(1, Ordering::Relaxed);
+        let handle = connections.spawn(connection(
+            stream,
+            app.clone(),
+            Arc::clone(&busy),
+            limits,
+            shutdown.clone(),
+            Arc::clone(&log),
+        ));
+        registry.lock().insert(id, (busy, handle));
+    }
+    drop(listener);
+    // Requests in flight get the grace period (each connection shuts down gracefully on
+    // the same signal); whatever is left after it is dropped.
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            left = connections.len(),
+            "closing the connections still open"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    busy: Arc<AtomicUsize>,
+    limits: Limits,
+    shutdown: Shutdown,
+    log: Arc<LimitLog>,
+) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let app = app.clone();
+        let in_flight = InFlight::enter(&busy);
+        async move {
+            let response = app.oneshot(request.map(axum::body::Body::new)).await;
+            drop(in_flight);
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_BUFFER)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            log.note(
+                "header-timeout",
+                &format!(
+                    "closed a connection whose headers did not arrive within {}",
+                    humantime::format_duration(limits.header_timeout)
+                ),
+            );
+        } else {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
