@@ -216,9 +216,9 @@ pub struct PassArgs {
     pub recheck: Duration,
 
     /// Read HubSpot's archived records this often and send a tombstone for each deletion
-    /// the destination was not told of (0: every run).
-    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = duration)]
-    pub deletes_every: Duration,
+    /// the destination was not told of (0: every run; off: never).
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = every)]
+    pub deletes_every: Every,
 }
 
 /// `status [OBJECT]`.
@@ -331,9 +331,10 @@ pub struct VerifyArgs {
     /// The object, as for poll.
     pub object: String,
 
-    /// The destination to check, by its sink (as for poll).
-    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
-    pub sink: String,
+    /// The destination to check, by its sink (as for poll) [default: the object's only
+    /// destination].
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Option<String>,
 
     /// The destination to check, by name.
     #[arg(long, value_name = "NAME")]
@@ -477,6 +478,20 @@ fn seconds(s: &str) -> Result<Duration, String> {
         return Err("the interval must be longer than zero".into());
     }
     Ok(d)
+}
+
+/// How often something runs: a duration (`0`: every time), or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Every(pub Option<Duration>);
+
+/// Parses `--deletes-every`: a duration, or `off`.
+fn every(s: &str) -> Result<Every, String> {
+    match s.trim() {
+        "off" | "never" => Ok(Every(None)),
+        other => duration(other)
+            .map(|d| Every(Some(d)))
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// Parses a duration such as `30s`, `5m`, `1h 30m` or `0`.

@@ -144,13 +144,13 @@ pub struct PollConfig {
     pub progress: ProgressMode,
 }
 
-/// `verify`.
+/// `verify`: the destination named (`None`: the object's only one).
 #[derive(Debug)]
 pub struct VerifyConfig {
     pub object: ObjectType,
-    pub sink: SinkSpec,
+    pub sink: Option<SinkSpec>,
     pub handlers: HandlerOptions,
-    pub destination: Destination,
+    pub target: Option<Destination>,
     pub repair: bool,
     pub json: bool,
     pub client: ClientConfig,
@@ -218,7 +218,7 @@ impl Config {
                     .map(|o| {
                         let mut job = default_job(parse_object(o.trim())?, &destination);
                         job.recheck = args.passes.recheck;
-                        job.deletes_every = args.passes.deletes_every;
+                        job.deletes_every = args.passes.deletes_every.0;
                         Ok(job)
                     })
                     .collect::<Result<Vec<_>, UsageError>>()?;
@@ -274,8 +274,8 @@ impl Config {
                 })
             }
             Command::Verify(args) => {
-                let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
-                if args.json && sink.uses_stdout() {
+                let (sink, target) = target(args.sink.as_deref(), args.destination.as_deref())?;
+                if args.json && sink.as_ref().is_some_and(SinkSpec::uses_stdout) {
                     return Err(usage(
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
                     ));
@@ -285,7 +285,7 @@ impl Config {
                     object: parse_object(&args.object)?,
                     sink,
                     handlers: handlers(global, &[&client.token]),
-                    destination,
+                    target,
                     repair: args.repair,
                     json: args.json,
                     client,
@@ -415,7 +415,7 @@ fn poll(
             page_size: args.page_size,
             concurrency: args.concurrency,
             recheck: args.passes.recheck,
-            deletes_every: args.passes.deletes_every,
+            deletes_every: args.passes.deletes_every.0,
         },
         sink,
         client,
@@ -470,11 +470,7 @@ fn cursor(command: &CursorCommand, now: Millis) -> Result<CursorConfig, UsageErr
             )
         }
     };
-    let target = match (&target.sink, &target.destination) {
-        (None, None) => None,
-        (None, Some(name)) => Some(Destination::named(name.clone(), String::new())),
-        (Some(spec), name) => Some(sink(spec, name.as_deref())?.1),
-    };
+    let (_, target) = self::target(target.sink.as_deref(), target.destination.as_deref())?;
     Ok(CursorConfig {
         object: parse_object(object)?,
         target,
@@ -494,6 +490,22 @@ fn when(flag: &str, value: Option<&str>, now: Millis) -> Result<Option<Millis>, 
             })
         })
         .transpose()
+}
+
+/// The destination `--sink`/`--destination` name, if they do (`None`: the object's only
+/// one), and the sink when given.
+fn target(
+    spec: Option<&str>,
+    name: Option<&str>,
+) -> Result<(Option<SinkSpec>, Option<Destination>), UsageError> {
+    Ok(match (spec, name) {
+        (None, None) => (None, None),
+        (None, Some(name)) => (None, Some(Destination::named(name, String::new()))),
+        (Some(spec), name) => {
+            let (sink, destination) = sink(spec, name)?;
+            (Some(sink), Some(destination))
+        }
+    })
 }
 
 /// A `--sink` value and the destination it names (or `--destination` does).
@@ -522,7 +534,7 @@ fn default_job(object: ObjectType, destination: &Destination) -> PollJob {
         page_size: 200,
         concurrency: 4,
         recheck: std::time::Duration::from_secs(3_600),
-        deletes_every: std::time::Duration::from_secs(3_600),
+        deletes_every: Some(std::time::Duration::from_secs(3_600)),
     }
 }
 

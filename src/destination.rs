@@ -85,6 +85,27 @@ impl Destination {
     pub fn sink(&self) -> &str {
         &self.sink
     }
+
+    /// How to name this destination on a command line, for the hints in error lines:
+    /// nothing for the default sink, ` --sink '...'` for a derived one, ` --destination
+    /// NAME` for a named one.
+    pub fn flag(&self) -> String {
+        if self.key == "sqlite" {
+            String::new()
+        } else if self.key == self.sink
+            || self.key.starts_with("jsonl:")
+            || self.key.starts_with("exec:")
+        {
+            let spec = if self.sink.is_empty() {
+                &self.key
+            } else {
+                &self.sink
+            };
+            format!(" --sink '{}'", spec.replace('\'', r"'\''"))
+        } else {
+            format!(" --destination {}", self.key)
+        }
+    }
 }
 
 impl fmt::Display for Destination {
@@ -139,6 +160,22 @@ mod tests {
         ];
         for (spec, name, want) in refused {
             assert_eq!(Destination::of(&spec, Some(name)), Err(want), "{name}");
+        }
+        let flags = [
+            (SinkSpec::Sqlite, None, ""),
+            (
+                SinkSpec::Exec("./it's.sh".into()),
+                None,
+                r" --sink 'exec:./it'\''s.sh'",
+            ),
+            (
+                SinkSpec::Sqlite,
+                Some("warehouse"),
+                " --destination warehouse",
+            ),
+        ];
+        for (spec, name, want) in flags {
+            assert_eq!(Destination::of(&spec, name).unwrap().flag(), want);
         }
     }
 }

@@ -38,7 +38,8 @@ struct Wire<'a> {
     object_type: &'a str,
     id: String,
     properties: &'a Map<String, Value>,
-    created_at: &'a str,
+    /// `null` on a tombstone: HubSpot's archived listing has no creation time to give.
+    created_at: Option<&'a str>,
     updated_at: &'a str,
     archived: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,7 +70,7 @@ impl Record {
             object_type: object.as_str(),
             id: self.id.0.to_string(),
             properties: &self.properties,
-            created_at: &self.created_at,
+            created_at: (!self.created_at.is_empty()).then_some(self.created_at.as_str()),
             updated_at: &self.updated_at,
             archived: self.archived,
             archived_at: self.archived_at.as_deref(),
@@ -112,7 +113,7 @@ mod tests {
             .write_json_line(&"contacts".parse().unwrap(), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"objectType\":\"contacts\",\"id\":\"7\",\"properties\":{},\"createdAt\":\"\",\
+            "{\"objectType\":\"contacts\",\"id\":\"7\",\"properties\":{},\"createdAt\":null,\
              \"updatedAt\":\"2023-11-14T22:13:20.000Z\",\"archived\":true,\
              \"archivedAt\":\"2023-11-14T22:13:20.000Z\",\"mergedInto\":\"42\"}\n"
         );

@@ -1,14 +1,14 @@
 //! `RunReport`: what one run did. The engine fills it in, the state file keeps it in
 //! `runs`, `poll --json` prints it and `status` shows the last one per object.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::object::ObjectType;
 use crate::timestamp::Millis;
 use crate::window::Window;
 
 /// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Still going (or killed: the next run of the object marks it `interrupted`).
@@ -49,7 +49,7 @@ impl Outcome {
 
 /// Counters and bounds of one run: its main window (or its side window for `reconcile`)
 /// at the top, the trailing recheck window and the deletion sweep beside.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
     pub object: String,
@@ -63,7 +63,7 @@ pub struct RunReport {
     /// Whether this run continued a window an earlier run left open.
     pub resumed: bool,
     /// Whether the window re-delivers the destination's whole history (`--refresh`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh: bool,
     pub pages: u64,
     /// Records search returned.
@@ -81,13 +81,13 @@ pub struct RunReport {
     pub recheck: Option<PassReport>,
     /// The sweep of archived records for deletions (`--deletes-every`), when one ran.
     pub deletes: Option<SweepReport>,
-    /// The process's peak resident memory so far, in KiB (Linux only; not stored).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The process's peak resident memory so far, in KiB (Linux only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_kb: Option<u64>,
 }
 
 /// A window as printed: RFC 3339 and epoch milliseconds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowReport {
     pub lo: String,
@@ -108,7 +108,7 @@ impl From<Window> for WindowReport {
 }
 
 /// The trailing (recheck) window of a run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PassReport {
     pub outcome: Outcome,
@@ -137,7 +137,7 @@ impl From<&RunReport> for PassReport {
 }
 
 /// The deletion sweep of a run: archived records listed, tombstones delivered.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SweepReport {
     pub archived: u64,

@@ -67,8 +67,9 @@ pub struct PollJob {
     pub concurrency: u32,
     /// How far behind now the trailing window ends; zero turns it off.
     pub recheck: Duration,
-    /// How often the archived records are swept for deletions; zero: every run.
-    pub deletes_every: Duration,
+    /// How often the archived records are swept for deletions; zero: every run;
+    /// `None`: never.
+    pub deletes_every: Option<Duration>,
 }
 
 /// How long the property list of `--all-properties` is reused.
@@ -84,12 +85,14 @@ const FUTURE_SLACK: Duration = Duration::from_secs(60);
 #[error(
     "{object} -> {destination}: this run asks for properties the destination was never given ({added}); \
      versions it already has would not be sent again, so they would never carry them. \
-     Run `martech-sync poll {object} --refresh` (same flags) to re-deliver its whole history \
-     with the new list, or go back to the old list"
+     Run `martech-sync poll {object}{flag} --refresh` once (with your other flags) to re-deliver \
+     its whole history with the new list, or go back to the old list"
 )]
 pub struct NeedsRefresh {
     object: ObjectType,
     destination: Destination,
+    /// How to name the destination on a command line.
+    flag: String,
     added: String,
 }
 
@@ -98,11 +101,12 @@ pub struct NeedsRefresh {
 #[error(
     "the cursor of {object} -> {destination} is {cursor}, {ahead} ahead of this machine's clock \
      ({now}): did the clock jump? Nothing later than now can be synced from it. Fix the clock, \
-     or move the cursor back with `martech-sync cursor set {object} <WHEN>` (or `cursor reset`)"
+     or move the cursor back with `martech-sync cursor set {object} <WHEN>{flag}` (or `cursor reset`)"
 )]
 pub struct FutureCursor {
     object: ObjectType,
     destination: Destination,
+    flag: String,
     cursor: Millis,
     now: Millis,
     ahead: String,
@@ -119,6 +123,8 @@ enum Scanned {
 pub struct Finished {
     pub report: RunReport,
     pub error: Option<anyhow::Error>,
+    /// The window's row in the runs, when it got one.
+    run: Option<RunId>,
 }
 
 impl Finished {
@@ -144,6 +150,9 @@ pub struct Engine {
 
 /// The properties of one run, resolved against what the destination was given.
 struct Properties {
+    /// Whether the main window re-delivers the destination's history (`--refresh`, and
+    /// the list grew).
+    refresh: bool,
     /// In the search body.
     search: Vec<String>,
     /// With `--all-properties`: what batch read fetches for each page.
@@ -193,7 +202,19 @@ impl Engine {
         now: Millis,
         shutdown: &Shutdown,
     ) -> Result<Finished> {
+        let before = self.state.syncs(Some(&job.object)).await?;
         let sync = self.state.sync(&job.object, &job.destination).await?;
+        let others: Vec<&str> = before
+            .iter()
+            .map(|s| s.destination.key())
+            .filter(|k| *k != job.destination.key())
+            .collect();
+        if !before.iter().any(|s| s.id == sync.id) && !others.is_empty() && job.pass == Pass::Main {
+            tracing::warn!(object = %job.object, destination = %job.destination,
+                "a new destination for {}: this first run delivers all history to it; {} also syncs to {} \
+                 (a changed --sink is a new destination; name one with --destination to keep its state)",
+                job.object, job.object, others.join(", "));
+        }
         let open = self.state.open_window(sync.id, job.pass).await?;
         let properties = self.properties(job, &sync, open.as_ref()).await?;
         if job.pass == Pass::Main
@@ -207,6 +228,7 @@ impl Engine {
             let mut report = RunReport::start(&job.object, job.destination.key(), window, false);
             let error = FutureCursor {
                 object: job.object.clone(),
+                flag: job.destination.flag(),
                 destination: job.destination.clone(),
                 cursor,
                 now,
@@ -219,6 +241,7 @@ impl Engine {
             return Ok(Finished {
                 report,
                 error: Some(error.into()),
+                run: None,
             });
         }
         let plan = window::plan(sync.cursor, open, job.ask, now, job.margins)?;
@@ -259,6 +282,10 @@ impl Engine {
             finished.report.error = Some(format!("{error:#}"));
             finished.error = Some(error);
         }
+        // The main window's row keeps the whole run's summary, for `status`.
+        if let Some(run) = finished.run {
+            self.state.finish_run(run, &finished.report).await?;
+        }
         Ok(finished)
     }
 
@@ -293,8 +320,10 @@ impl Engine {
                 return Ok(());
             }
         }
-        let due = sync.swept.is_none_or(|at| {
-            now.0 - at.0 >= i64::try_from(job.deletes_every.as_millis()).unwrap_or(i64::MAX)
+        let due = job.deletes_every.is_some_and(|every| {
+            sync.swept.is_none_or(|at| {
+                now.0 - at.0 >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
+            })
         });
         if due {
             let mut sweep = SweepReport::default();
@@ -322,13 +351,14 @@ impl Engine {
                 .clone()
                 .unwrap_or_else(|| PropertySet::named(&with_needed(object, defaults(object)))),
         };
-        let refreshing = job.ask.refresh || open.is_some_and(|o| o.refresh);
+        let open_refresh = open.is_some_and(|o| o.refresh);
         let grows = sync.properties.as_ref().is_some_and(|g| !g.covers(&set));
         // A destination that holds nothing yet has nothing to miss.
         let holds_records = grows && !self.state.ledger_page(sync.id, None, 1).await?.is_empty();
         if let Some(given) = &sync.properties
             && holds_records
-            && !refreshing
+            && !job.ask.refresh
+            && !open_refresh
             && job.pass == Pass::Main
         {
             let missing = given.missing(&set);
@@ -339,13 +369,28 @@ impl Engine {
             };
             return Err(NeedsRefresh {
                 object: object.clone(),
+                flag: job.destination.flag(),
                 destination: job.destination.clone(),
                 added,
             }
             .into());
         }
-        if sync.properties.as_ref() != Some(&set) && job.pass == Pass::Main {
-            self.state.set_properties(sync.id, &set).await?;
+        // A refresh re-delivers history only when the list grew; a --refresh left in a
+        // crontab must not re-deliver everything every run.
+        let refresh = open_refresh || (job.ask.refresh && grows);
+        if job.ask.refresh && !refresh && job.pass == Pass::Main {
+            tracing::info!(object = %object, destination = %job.destination,
+                "nothing to refresh: the destination already has these properties (to hand every record over again, use `cursor reset --redeliver`)");
+        }
+        // What the destination is remembered to have: the list of its first run or last
+        // refresh, and any list since that did not grow it (a smaller list narrows
+        // nothing: going back to the old one needs no refresh).
+        let remembered = match &sync.properties {
+            Some(given) if !refresh && given.covers(&set) => given.clone(),
+            _ => set.clone(),
+        };
+        if sync.properties.as_ref() != Some(&remembered) && job.pass == Pass::Main {
+            self.state.set_properties(sync.id, &remembered).await?;
         }
         let (search, hydrate) = match &set {
             PropertySet::All => {
@@ -365,7 +410,11 @@ impl Engine {
             }
             PropertySet::Named(names) => (names.iter().cloned().collect(), None),
         };
-        Ok(Properties { search, hydrate })
+        Ok(Properties {
+            search,
+            hydrate,
+            refresh,
+        })
     }
 
     /// Plans, scans and commits one window of `pass`.
@@ -384,7 +433,7 @@ impl Engine {
                 w,
                 vec![Slice::WHOLE],
                 false,
-                job.ask.refresh && pass == Pass::Main,
+                properties.refresh && pass == Pass::Main,
             ),
             Plan::Resume(o) => (o.window, o.slices, true, o.refresh),
             Plan::Empty(w) => {
@@ -395,6 +444,7 @@ impl Engine {
                 return Ok(Finished {
                     report,
                     error: None,
+                    run: None,
                 });
             }
         };
@@ -440,6 +490,7 @@ impl Engine {
                 Ok(Finished {
                     report,
                     error: None,
+                    run: Some(run),
                 })
             }
             Ok(Scanned::Complete) => {
@@ -455,12 +506,14 @@ impl Engine {
                     .await
                 {
                     Ok(()) => {
-                        tracing::info!(%object, pass = pass.as_str(), cursor = ?to.map(|c| c.to_string()),
-                            pages = report.pages, delivered = report.delivered, skipped = report.skipped,
-                            "window committed");
+                        let cursor = to.map_or_else(|| "-".to_owned(), |c| c.to_string());
+                        tracing::info!(%object, destination = %job.destination, pass = pass.as_str(),
+                            %cursor, pages = report.pages, delivered = report.delivered,
+                            skipped = report.skipped, "window committed");
                         Ok(Finished {
                             report,
                             error: None,
+                            run: Some(run),
                         })
                     }
                     // A refused commit (a slice not done) is a failed run like any other.
@@ -480,6 +533,7 @@ impl Engine {
         Finished {
             report,
             error: Some(error),
+            run: Some(run),
         }
     }
 
@@ -593,7 +647,7 @@ impl Engine {
             page_size: 1,
             concurrency: 1,
             recheck: Duration::ZERO,
-            deletes_every: Duration::ZERO,
+            deletes_every: None,
         };
         let resolved = self.properties(&job, sync, None).await?;
         Ok(match resolved.hydrate {

@@ -98,7 +98,9 @@ async fn status_json_shows_cursor_window_and_last_run() {
     assert_eq!(run["outcome"], "committed");
     assert_eq!(run["delivered"], 450);
     assert_eq!(run["pages"], 3);
-    assert_eq!(run["requests"], 3);
+    // Three pages and the first deletion sweep: the whole run, as its summary said.
+    assert_eq!(run["requests"], 4);
+    assert_eq!(run["deletes"]["requests"], 1);
     assert_eq!(run["window"]["lo"], "1970-01-01T00:00:01.000Z");
     assert!(run["startedAt"].is_string() && run["endedAt"].is_string());
     assert!(run["error"].is_null());

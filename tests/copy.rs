@@ -157,7 +157,13 @@ async fn a_new_destination_gets_everything_and_a_growing_property_list_needs_ref
         env.cmd(&args)
     };
 
-    let first = poll_new(&["--json"]).run().await.success().summary();
+    let first = poll_new(&["--json"]).run().await.success();
+    assert!(
+        first.stderr.contains("a new destination for contacts") && first.stderr.contains("sqlite"),
+        "a second destination of an object is said aloud: {}",
+        first.stderr
+    );
+    let first = first.summary();
     assert_eq!(first["delivered"], 400, "a new destination is a first run");
     assert_eq!(env.lines("new.jsonl").len(), 400);
 
@@ -185,9 +191,21 @@ async fn a_new_destination_gets_everything_and_a_growing_property_list_needs_ref
             "{line}"
         );
     }
-    // Now it has every property: the same run is routine, and a smaller list just runs.
+    // Now it has every property: the same run is routine, a smaller list just runs, and
+    // going back to every property needs no refresh (it was given them).
     poll_new(&["--all-properties"]).run().await.success();
     poll_new(&["--properties", "email"]).run().await.success();
+    poll_new(&["--all-properties"]).run().await.success();
+    // A --refresh left in a crontab does nothing once the list did not grow.
+    let again = poll_new(&["--all-properties", "--refresh", "--json"])
+        .run()
+        .await
+        .success()
+        .summary();
+    assert_eq!(
+        (&again["delivered"], &again["refresh"]),
+        (&Value::from(0), &Value::Null)
+    );
     assert_eq!(env.lines("new.jsonl").len(), 800);
 
     // Every (object, destination) in status.
@@ -260,6 +278,59 @@ async fn cursor_commands_refuse_to_guess_between_destinations() {
         .await
         .success();
     assert_ne!(other.stdout.trim(), "2024-01-01T00:00:00.000Z");
+    // A typo names no destination: refused, not created.
+    let typo = env
+        .cmd(&[
+            "cursor",
+            "set",
+            "contacts",
+            "2024-01-01",
+            "--destination",
+            "warehous",
+        ])
+        .run()
+        .await
+        .code(2);
+    assert!(
+        typo.error_line().contains("no destination `warehous`"),
+        "{}",
+        typo.stderr
+    );
+    assert_eq!(env.status().await["objects"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_not_a_state_file_is_refused_with_78() {
+    let env = Env::contacts(10).await;
+    {
+        let conn = rusqlite::Connection::open(env.db()).unwrap();
+        conn.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+            .unwrap();
+    }
+    let out = env.poll(&[]).run().await.code(78);
+    assert!(
+        out.error_line().contains("not a martech-sync state file"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(env.db(), b"just some text, not SQLite at all").unwrap();
+    let out = env.cmd(&["status"]).run().await.code(78);
+    assert!(
+        out.error_line().contains("not a martech-sync state file"),
+        "{}",
+        out.stderr
+    );
+    let out = env
+        .cmd(&["--db", "/nonexistent-dir/state.db", "poll", "contacts"])
+        .run()
+        .await
+        .code(78);
+    assert!(
+        out.error_line().contains("/nonexistent-dir/state.db")
+            && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +458,8 @@ async fn verify_finds_drift_and_repair_fixes_it() {
     }
     let sink = format!("jsonl:{}", env.path("out.jsonl").display());
     let verify = |repair: bool| {
-        let mut args = vec!["verify", "contacts", "--sink", &sink, "--json"];
+        // The object's only destination needs no --sink.
+        let mut args = vec!["verify", "contacts", "--json"];
         if repair {
             args.push("--repair");
         }
@@ -413,10 +485,11 @@ async fn verify_finds_drift_and_repair_fixes_it() {
         "{report:#}"
     );
     assert_eq!(report["examples"]["missing"][0], hidden[0].to_string());
+    let line = drift.error_line();
+    assert!(line.contains("300 missing"), "{line}");
     assert!(
-        drift.error_line().contains("300 missing"),
-        "{}",
-        drift.stderr
+        line.contains(&format!("--sink '{sink}' --repair")),
+        "the hint names the destination: {line}"
     );
     let lists = env.mock.calls("list");
     assert_eq!(lists, 20, "2,000 ids at 100 a page");

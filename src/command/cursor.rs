@@ -8,10 +8,11 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::config::{CursorConfig, CursorOp, UsageError};
+use super::pick_destination;
+use crate::config::{CursorConfig, CursorOp};
 use crate::destination::Destination;
 use crate::lock::ObjectLock;
-use crate::state::{self, State};
+use crate::state;
 
 /// Runs a cursor command on the state file `db`.
 ///
@@ -24,7 +25,7 @@ pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
     if let CursorOp::Show = config.op {
         let cursor = if db.exists() {
             let state = state::open_read_only(db)?;
-            let destination = pick(&state, config).await?;
+            let destination = pick_destination(&state, object, config.target.as_ref()).await?;
             let syncs = state.syncs(Some(object)).await?;
             syncs
                 .into_iter()
@@ -44,7 +45,7 @@ pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
         return Ok(());
     }
     let state = state::open(db)?;
-    let destination = pick(&state, config)
+    let destination = pick_destination(&state, object, config.target.as_ref())
         .await?
         .unwrap_or_else(|| Destination::named("sqlite", "sqlite"));
     let _lock = ObjectLock::acquire(db, object, &destination)?;
@@ -82,30 +83,4 @@ pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The destination the command acts on: the one named, or the only one the object has
-/// (`None` when it has none yet).
-///
-/// # Errors
-/// A usage error when the object has several and none was named.
-async fn pick(state: &State, config: &CursorConfig) -> Result<Option<Destination>> {
-    if let Some(target) = &config.target {
-        return Ok(Some(target.clone()));
-    }
-    let syncs = state.syncs(Some(&config.object)).await?;
-    match syncs.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(one.destination.clone())),
-        many => {
-            let names: Vec<&str> = many.iter().map(|s| s.destination.key()).collect();
-            Err(UsageError::new(format!(
-                "{} is synced to {} destinations ({}); say which with --sink or --destination",
-                config.object,
-                many.len(),
-                names.join(", ")
-            ))
-            .into())
-        }
-    }
 }

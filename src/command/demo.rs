@@ -74,7 +74,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
             page_size: 200,
             concurrency: 4,
             recheck: Duration::from_secs(3_600),
-            deletes_every: Duration::ZERO,
+            deletes_every: Some(Duration::ZERO),
         },
         sink: SinkSpec::Sqlite,
         handlers: crate::sink::HandlerOptions::default(),

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::pick_destination;
 use crate::config::{UsageError, VerifyConfig};
-use crate::destination::UNASSIGNED;
 use crate::hubspot::Client;
 use crate::hubspot::hydrate::Unaccounted;
 use crate::hubspot::list::Listing;
@@ -22,7 +22,7 @@ use crate::progress::ProgressMode;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
-use crate::state::{self, State, Sync};
+use crate::state::{self, Sync};
 use crate::sync::Engine;
 use crate::timestamp::Millis;
 use crate::verify::{Comparison, Drift, DriftSummary};
@@ -34,11 +34,12 @@ const LEDGER_PAGE: usize = 10_000;
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{object} -> {destination} does not match HubSpot: {missing} missing, {stale} stale, {extra} extra \
-     (run `martech-sync verify {object} --repair` to fix it)"
+     (run `martech-sync verify {object}{flag} --repair` to fix it)"
 )]
 pub struct DriftFound {
     object: String,
     destination: String,
+    flag: String,
     missing: u64,
     stale: u64,
     extra: u64,
@@ -52,7 +53,8 @@ struct Report {
     destination: String,
     /// `match`, `drift` or `repaired`.
     outcome: &'static str,
-    cursor: Option<String>,
+    /// Changes up to this instant are checked; later ones are `pending`.
+    checked_until: Option<String>,
     #[serde(flatten)]
     drift: DriftSummary,
     repaired: Option<Repaired>,
@@ -73,18 +75,25 @@ struct Repaired {
 pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     let started = std::time::Instant::now();
     let object = &config.object;
-    let destination = &config.destination;
+    let state = state::open(db)?;
+    let Some(destination) = pick_destination(&state, object, config.target.as_ref()).await? else {
+        return Err(UsageError::new(format!(
+            "{object} has never been synced in {}: nothing to verify",
+            state.describe()
+        ))
+        .into());
+    };
     let _lock = if config.repair {
-        Some(ObjectLock::acquire(db, object, destination)?)
+        Some(ObjectLock::acquire(db, object, &destination)?)
     } else {
         None
     };
-    let state = state::open(db)?;
-    let sync = find(&state, config).await?;
+    let sync = state.sync(object, &destination).await?;
+    let destination = &sync.destination;
     let client = Client::new(&config.client)?;
 
     let hubspot = live_records(&client, object).await?;
-    let mut comparison = Comparison::new(hubspot, sync.cursor);
+    let mut comparison = Comparison::new(hubspot, horizon(&sync));
     let mut after = None;
     loop {
         let page = state.ledger_page(sync.id, after, LEDGER_PAGE).await?;
@@ -99,7 +108,15 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
 
     let mut repaired = None;
     if config.repair && !drift.is_empty() {
-        let sink = Sink::open(&config.sink, &config.handlers, &Shutdown::on_signals()?)?;
+        let spec = match &config.sink {
+            Some(spec) => spec.clone(),
+            None => destination.sink().parse().map_err(|_| {
+                UsageError::new(format!(
+                    "cannot tell the sink of {destination} from the state; give it with --sink"
+                ))
+            })?,
+        };
+        let sink = Sink::open(&spec, &config.handlers, &Shutdown::on_signals()?)?;
         let mut engine = Engine::new(state.clone(), client.clone(), sink, ProgressMode::Hidden);
         repaired = Some(repair(&mut engine, &sync, &drift, &merged_into).await?);
     }
@@ -112,7 +129,7 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
         object: object.to_string(),
         destination: destination.to_string(),
         outcome,
-        cursor: sync.cursor.map(Millis::to_rfc3339),
+        checked_until: horizon(&sync).map(Millis::to_rfc3339),
         drift: drift.summary(),
         repaired,
         requests: client.counters().requests.load(Ordering::Relaxed),
@@ -122,6 +139,7 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     if outcome == "drift" {
         return Err(DriftFound {
             object: report.object,
+            flag: destination.flag(),
             destination: report.destination,
             missing: report.drift.missing,
             stale: report.drift.stale,
@@ -132,23 +150,14 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     Ok(())
 }
 
-/// The sync to check: the destination's, or the pre-destination state it will adopt.
-async fn find(state: &State, config: &VerifyConfig) -> Result<Sync> {
-    let syncs = state.syncs(Some(&config.object)).await?;
-    let known = syncs.iter().any(|s| {
-        s.destination.key() == config.destination.key() || s.destination.key() == UNASSIGNED
-    });
-    if !known {
-        return Err(UsageError::new(format!(
-            "{} has never been synced to {} in {}: nothing to verify (check --sink/--destination; \
-             `martech-sync status` lists the destinations)",
-            config.object,
-            config.destination,
-            state.describe()
-        ))
-        .into());
+/// Up to when the destination must have every version: its cursor, or the recheck
+/// cursor when that is earlier (a record the index showed late is the recheck window's
+/// business until then, not drift).
+fn horizon(sync: &Sync) -> Option<Millis> {
+    match (sync.cursor, sync.recheck) {
+        (Some(c), Some(r)) => Some(c.min(r)),
+        (c, _) => c,
     }
-    state.sync(&config.object, &config.destination).await
 }
 
 /// Every live record of `object`, with its modified time, from the list endpoint.
@@ -247,11 +256,11 @@ fn print(json: bool, report: &Report) -> Result<()> {
     writeln!(
         out,
         "{} -> {}: {} live records in HubSpot checked against what the destination was given \
-         (cursor {})",
+         (changes up to {})",
         report.object,
         report.destination,
         d.checked,
-        report.cursor.as_deref().unwrap_or("none")
+        report.checked_until.as_deref().unwrap_or("now")
     )?;
     let kind = |name: &str, n: u64, examples: &[String]| {
         if n == 0 || examples.is_empty() {
@@ -262,7 +271,7 @@ fn print(json: bool, report: &Report) -> Result<()> {
     };
     writeln!(
         out,
-        "  {}, {}, {}; {} changed after the cursor (the next run's)",
+        "  {}, {}, {}; {} changed later (the next runs' business)",
         kind("missing", d.missing, &d.examples.missing),
         kind("stale", d.stale, &d.examples.stale),
         kind("extra", d.extra, &d.examples.extra),

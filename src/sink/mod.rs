@@ -55,8 +55,9 @@ impl FromStr for SinkSpec {
             Some(("jsonl", path)) if !path.is_empty() => {
                 Ok(SinkSpec::Jsonl(JsonlTarget::File(path.into())))
             }
+            // Trimmed: a stray space in a crontab must not make a new destination.
             Some(("exec", command)) if !command.trim().is_empty() => {
-                Ok(SinkSpec::Exec(command.to_owned()))
+                Ok(SinkSpec::Exec(command.trim().to_owned()))
             }
             _ => Err(UnknownSink(s.to_owned())),
         }

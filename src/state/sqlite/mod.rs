@@ -69,6 +69,9 @@ impl Sqlite {
         schema::migrate(&mut conn)
             .map_err(|e| match e.downcast::<rusqlite::Error>() {
                 Ok(sql) => not_a_state_file(sql, &name),
+                Err(e) if e.is::<schema::Foreign>() => {
+                    NotAStateFile(format!("{name} ({e})")).into()
+                }
                 Err(e) => e,
             })
             .with_context(|| format!("state file {name}"))?;

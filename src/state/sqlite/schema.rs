@@ -184,17 +184,34 @@ pub const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    ALTER TABLE runs ADD COLUMN summary TEXT;
     ",
 ];
+
+/// An SQLite database that is not a state file (version 0 with tables of its own).
+#[derive(Debug, thiserror::Error)]
+#[error("it is an SQLite database of something else (it has tables but no martech-sync schema)")]
+pub struct Foreign;
 
 /// Moves the file forward to the current schema, under the write lock.
 ///
 /// # Errors
-/// [`NewerSchema`], or when the file is not an SQLite database or cannot be written.
+/// [`NewerSchema`], [`Foreign`], or when the file is not an SQLite database or cannot
+/// be written.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     check_version(version)?;
+    if version == 0 {
+        let tables: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables > 0 {
+            return Err(Foreign.into());
+        }
+    }
     if version == MIGRATIONS.len() {
         return Ok(());
     }

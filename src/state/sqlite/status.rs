@@ -51,10 +51,17 @@ fn last_run(conn: &Connection, sync: i64, destination: &str) -> Result<Option<Ru
     Ok(conn
         .query_row(
             "SELECT object, outcome, started_at, ended_at, duration_ms, lo_ms, hi_ms, resumed,
-                    pages, seen, delivered, skipped, requests, retries, error, rate_limited
+                    pages, seen, delivered, skipped, requests, retries, error, rate_limited, summary
              FROM runs WHERE sync = ?1 AND pass != 'recheck' ORDER BY id DESC LIMIT 1",
             [sync],
             |r| {
+                // The whole summary of the run, recheck and sweep included, when stored.
+                let summary: Option<String> = r.get(16)?;
+                if let Some(report) =
+                    summary.and_then(|s| serde_json::from_str::<RunReport>(&s).ok())
+                {
+                    return Ok(report);
+                }
                 let window = Window {
                     lo: Millis(r.get(5)?),
                     hi: Millis(r.get(6)?),

@@ -199,7 +199,7 @@ pub fn finish_run(tx: &Transaction<'_>, run: RunId, report: &RunReport) -> Resul
     tx.execute(
         "UPDATE runs SET outcome = ?2, ended_at = ?3, duration_ms = ?4, pages = ?5, seen = ?6,
                          delivered = ?7, skipped = ?8, requests = ?9, retries = ?10, error = ?11,
-                         rate_limited = ?12
+                         rate_limited = ?12, summary = ?13
          WHERE id = ?1",
         params![
             run.0,
@@ -213,7 +213,8 @@ pub fn finish_run(tx: &Transaction<'_>, run: RunId, report: &RunReport) -> Resul
             report.requests,
             report.retries,
             report.error,
-            report.rate_limited
+            report.rate_limited,
+            serde_json::to_string(report)?
         ],
     )?;
     Ok(())
