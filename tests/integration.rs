@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod contained;
 mod copy;
 mod engine;
 mod faults;

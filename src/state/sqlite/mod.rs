@@ -14,6 +14,7 @@ mod syncs;
 mod windows;
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -58,23 +59,51 @@ impl Sqlite {
     /// When it cannot be opened or written, is not a state file, or has a newer schema.
     pub fn open(path: &Path) -> Result<Sqlite> {
         let name = path.display().to_string();
+        // The state holds customers' records: a new file is private to the user, and
+        // SQLite gives its -wal and -shm files the same mode.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| ".".into(), |p| p.display().to_string());
+                return Err(crate::lock::NoStateDir {
+                    path: name,
+                    why: format!("its directory {dir} does not exist"),
+                }
+                .into());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                // A read-only place: SQLite says so in its own words below.
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating state file {name}")),
+        }
         let mut conn =
             Connection::open(path).with_context(|| format!("opening state file {name}"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL lets `status` read while a run writes; NORMAL sync is durable across process
         // crashes, which is what a checkpoint must survive.
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| not_a_state_file(e, &name))?;
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy) => named(e.into(), path),
+                _ => not_a_state_file(e, &name),
+            })?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        schema::migrate(&mut conn)
-            .map_err(|e| match e.downcast::<rusqlite::Error>() {
-                Ok(sql) => not_a_state_file(sql, &name),
-                Err(e) if e.is::<schema::Foreign>() => {
-                    NotAStateFile(format!("{name} ({e})")).into()
-                }
-                Err(e) => e,
-            })
-            .with_context(|| format!("state file {name}"))?;
+        schema::migrate(&mut conn).map_err(|e| match e.downcast::<rusqlite::Error>() {
+            Ok(sql) if sql.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                named(sql.into(), path)
+            }
+            Ok(sql) => not_a_state_file(sql, &name),
+            Err(e) if e.is::<schema::Foreign>() => NotAStateFile(format!("{name} ({e})")).into(),
+            Err(e) => named(e, path),
+        })?;
         Ok(Sqlite {
             conn: Mutex::new(conn),
             path: path.to_owned(),
@@ -87,15 +116,25 @@ impl Sqlite {
     /// When it cannot be read, is not a state file, or has a newer schema.
     pub fn open_read_only(path: &Path) -> Result<Sqlite> {
         let name = path.display().to_string();
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening state file {name}"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let version: usize = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| not_a_state_file(e, &name))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let open = |conn: Connection| -> rusqlite::Result<(Connection, usize)> {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let version = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            Ok((conn, version))
+        };
+        let opened = Connection::open_with_flags(path, flags).and_then(open);
+        // A WAL file in a directory this user may not write has no -shm to share while no
+        // writer runs (the last one checkpointed and removed the WAL on close): then the
+        // file itself is the whole state, and may be read as it is.
+        let (conn, version) = match opened {
+            Ok(opened) => opened,
+            Err(_) => {
+                let uri = format!("file:{}?immutable=1", path.display());
+                Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+                    .and_then(open)
+                    .map_err(|e| not_a_state_file(e, &name))?
+            }
+        };
         schema::check_version(version).with_context(|| format!("state file {name}"))?;
         if version < schema::MIGRATIONS.len() {
             anyhow::bail!(
@@ -123,7 +162,7 @@ impl Sqlite {
         } else {
             run()
         };
-        result.with_context(|| format!("state file {}", self.path.display()))
+        result.map_err(|e| named(e, &self.path))
     }
 
     /// Runs `f` in one write transaction that takes the write lock at once (a deferred
@@ -144,6 +183,23 @@ impl Sqlite {
     /// On SQLite errors.
     pub fn set_busy_timeout(&self, timeout: Duration) -> Result<()> {
         self.with(|conn| Ok(conn.busy_timeout(timeout)?))
+    }
+}
+
+/// `e` with the state file named, and a lock held too long said as such.
+fn named(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    let busy = e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>()
+            .is_some_and(|e| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy))
+    });
+    if busy {
+        e.context(format!(
+            "the state file {} stayed locked by another process (another martech-sync run or \
+             serve, or an open sqlite3 transaction) past the busy timeout",
+            path.display()
+        ))
+    } else {
+        e.context(format!("state file {}", path.display()))
     }
 }
 
