@@ -106,9 +106,13 @@ pub fn store_of(records: Vec<martech_sync::mock::FakeRecord>) -> Store {
     store
 }
 
+/// The complete lines of a jsonl file (a last line without its newline is a write that
+/// a kill cut short; the sink cuts it on its next open).
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad jsonl line {l:?}: {e}")))
         .collect()
 }
