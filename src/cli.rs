@@ -151,9 +151,10 @@ pub struct PollArgs {
     pub until: Option<String>,
 
     /// Where records go: sqlite (the state file's records table), jsonl:PATH (jsonl:- for
-    /// stdout), or exec:COMMAND (each page as NDJSON on the command's stdin).
-    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
-    pub sink: String,
+    /// stdout), or exec:COMMAND (each page as NDJSON on the command's stdin)
+    /// [default: sqlite, or the sink --destination was last given].
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Option<String>,
 
     /// Name the destination instead of deriving it from --sink (its state, cursor and
     /// delivered versions are kept under this name).
@@ -273,9 +274,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
 
-    /// Where records go (as for poll).
-    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
-    pub sink: String,
+    /// Where records go (as for poll) [default: sqlite, or the sink --destination was
+    /// last given].
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Option<String>,
 
     /// Name the destination instead of deriving it from --sink.
     #[arg(long, value_name = "NAME")]
@@ -312,9 +314,10 @@ pub struct ReconcileArgs {
     #[arg(long, value_name = "DUR", default_value = "6h", value_parser = duration)]
     pub lookback: Duration,
 
-    /// Where records go (as for poll).
-    #[arg(long, value_name = "SPEC", default_value = "sqlite")]
-    pub sink: String,
+    /// Where records go (as for poll) [default: sqlite, or the sink --destination was
+    /// last given].
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Option<String>,
 
     /// Name the destination instead of deriving it from --sink.
     #[arg(long, value_name = "NAME")]

@@ -76,7 +76,8 @@ pub struct ServeConfig {
     /// The client secret; a `Token` so that `Debug` never prints it.
     pub secret: Token,
     pub public_url: Option<String>,
-    pub sink: SinkSpec,
+    /// `None`: the sink the named destination was last given.
+    pub sink: Option<SinkSpec>,
     pub destination: Destination,
     /// Reconciliation windows, one job per object.
     pub polls: Vec<PollJob>,
@@ -135,7 +136,8 @@ pub struct MockConfig {
 #[derive(Debug)]
 pub struct PollConfig {
     pub job: PollJob,
-    pub sink: SinkSpec,
+    /// `None`: the sink the named destination was last given.
+    pub sink: Option<SinkSpec>,
     pub handlers: HandlerOptions,
     pub client: ClientConfig,
     pub json: bool,
@@ -211,7 +213,7 @@ impl Config {
                     &mut warnings,
                 )?;
                 let client = client_config(global, &mut warnings)?;
-                let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
+                let (sink, destination) = sink(args.sink.as_deref(), args.destination.as_deref())?;
                 let polls = args
                     .poll
                     .iter()
@@ -251,8 +253,8 @@ impl Config {
             }
             Command::Reconcile(args) => {
                 let object = parse_object(&args.object)?;
-                let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
-                if args.json && sink.uses_stdout() {
+                let (sink, destination) = sink(args.sink.as_deref(), args.destination.as_deref())?;
+                if args.json && sink.as_ref().is_some_and(SinkSpec::uses_stdout) {
                     return Err(usage(
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
                     ));
@@ -339,7 +341,7 @@ impl Config {
             }
         };
         Ok(Config {
-            db: global.db.clone(),
+            db: real_path(&global.db),
             log,
             command,
             warnings,
@@ -373,13 +375,13 @@ fn poll(
              after it yet; did you mean an age such as 7d?"
         )));
     }
-    let (sink, destination) = sink(&args.sink, args.destination.as_deref())?;
+    let (sink, destination) = sink(args.sink.as_deref(), args.destination.as_deref())?;
     if args.interval.is_some() && (bounds.since.is_some() || bounds.until.is_some()) {
         return Err(usage(
             "--interval runs windows from the cursor; it does not combine with --since or --until",
         ));
     }
-    if args.json && sink.uses_stdout() {
+    if args.json && sink.as_ref().is_some_and(SinkSpec::uses_stdout) {
         return Err(usage(
             "--json and --sink jsonl:- both write to stdout; write records to a file",
         ));
@@ -502,20 +504,51 @@ fn target(
         (None, None) => (None, None),
         (None, Some(name)) => (None, Some(Destination::named(name, String::new()))),
         (Some(spec), name) => {
-            let (sink, destination) = sink(spec, name)?;
+            let (sink, destination) = sink_spec(spec, name)?;
             (Some(sink), Some(destination))
         }
     })
 }
 
+/// The sink (`None`: the one a named destination was last given, read from the state
+/// when the command runs) and the destination of a command that delivers.
+fn sink(
+    spec: Option<&str>,
+    name: Option<&str>,
+) -> Result<(Option<SinkSpec>, Destination), UsageError> {
+    match (spec, name) {
+        (Some(spec), name) => sink_spec(spec, name).map(|(s, d)| (Some(s), d)),
+        (None, None) => sink_spec("sqlite", None).map(|(s, d)| (Some(s), d)),
+        (None, Some(name)) => {
+            // The shape of the name is checked as for any sink.
+            Destination::of(&SinkSpec::Sqlite, Some(name)).map_err(|e| usage(e.to_string()))?;
+            Ok((None, Destination::named(name, String::new())))
+        }
+    }
+}
+
 /// A `--sink` value and the destination it names (or `--destination` does).
-fn sink(spec: &str, name: Option<&str>) -> Result<(SinkSpec, Destination), UsageError> {
+fn sink_spec(spec: &str, name: Option<&str>) -> Result<(SinkSpec, Destination), UsageError> {
     let sink: SinkSpec = spec.parse().map_err(|e| usage(format!("--sink: {e}")))?;
     let sink = sink
         .absolute()
         .map_err(|e| usage(format!("--sink {spec}: {e}")))?;
     let destination = Destination::of(&sink, name).map_err(|e| usage(e.to_string()))?;
     Ok((sink, destination))
+}
+
+/// `path` through the real directory it is in: locks live beside the state file, so two
+/// names of one file (a symlink, `a/../b`) must lock alike.
+fn real_path(path: &std::path::Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => {
+            let file = std::fs::canonicalize(&absolute);
+            file.or_else(|_| std::fs::canonicalize(dir).map(|dir| dir.join(name)))
+                .unwrap_or(absolute)
+        }
+        _ => absolute,
+    }
 }
 
 /// A poll job with the documented defaults, for `serve --poll` and `reconcile`: the

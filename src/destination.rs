@@ -40,13 +40,13 @@ impl Destination {
     /// # Errors
     /// A name of the wrong shape, or `sqlite` for another sink.
     pub fn of(spec: &SinkSpec, name: Option<&str>) -> Result<Destination, BadName> {
-        let sink = spec.to_string();
+        let sink = spec.stored();
         let key = match name {
             None => match spec {
                 SinkSpec::Sqlite => "sqlite".to_owned(),
                 SinkSpec::Jsonl(JsonlTarget::Stdout) => "jsonl:-".to_owned(),
                 SinkSpec::Jsonl(JsonlTarget::File(path)) => format!("jsonl:{}", path.display()),
-                SinkSpec::Exec(command) => format!("exec:{command}"),
+                SinkSpec::Exec(_) => sink.clone(),
             },
             Some(name) => {
                 let ok_start = name
@@ -87,24 +87,23 @@ impl Destination {
     }
 
     /// How to name this destination on a command line, for the hints in error lines:
-    /// nothing for the default sink, ` --sink '...'` for a derived one, ` --destination
-    /// NAME` for a named one.
+    /// nothing for the default sink, ` --sink '...'` for a derived one (a relative
+    /// handler's from its directory), ` --destination NAME` for a named one.
     pub fn flag(&self) -> String {
         if self.key == "sqlite" {
             String::new()
-        } else if self.key == self.sink
-            || self.key.starts_with("jsonl:")
-            || self.key.starts_with("exec:")
-        {
-            let spec = if self.sink.is_empty() {
-                &self.key
-            } else {
-                &self.sink
-            };
+        } else if self.key.starts_with("jsonl:") || self.key.starts_with("exec:") {
+            let spec = SinkSpec::from_stored(&self.key)
+                .map_or_else(|| self.key.clone(), |s| s.to_string());
             format!(" --sink '{}'", spec.replace('\'', r"'\''"))
         } else {
             format!(" --destination {}", self.key)
         }
+    }
+
+    /// The sink this destination was last given, read back from the state.
+    pub fn sink_spec(&self) -> Option<SinkSpec> {
+        SinkSpec::from_stored(&self.sink)
     }
 }
 
@@ -129,12 +128,12 @@ mod tests {
             ),
             (SinkSpec::Jsonl(JsonlTarget::Stdout), None, "jsonl:-"),
             (
-                SinkSpec::Exec("./load.sh --fast".into()),
+                SinkSpec::Exec(crate::sink::Handler::new("./load.sh --fast")),
                 None,
                 "exec:./load.sh --fast",
             ),
             (
-                SinkSpec::Exec("./load.sh".into()),
+                SinkSpec::Exec(crate::sink::Handler::new("./load.sh")),
                 Some("warehouse"),
                 "warehouse",
             ),
@@ -145,7 +144,11 @@ mod tests {
             assert_eq!(got.key(), want, "{spec:?} {name:?}");
         }
         let refused = [
-            (SinkSpec::Exec("x".into()), "sqlite", BadName::Reserved),
+            (
+                SinkSpec::Exec(crate::sink::Handler::new("x")),
+                "sqlite",
+                BadName::Reserved,
+            ),
             (
                 SinkSpec::Sqlite,
                 "has space",
@@ -164,7 +167,7 @@ mod tests {
         let flags = [
             (SinkSpec::Sqlite, None, ""),
             (
-                SinkSpec::Exec("./it's.sh".into()),
+                SinkSpec::Exec(crate::sink::Handler::new("./it's.sh")),
                 None,
                 r" --sink 'exec:./it'\''s.sh'",
             ),

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::record::{Record, RecordId};
 use crate::state::Held;
+use crate::timestamp::Millis;
 
 /// Whether `record` is newer than what the destination holds.
 pub fn is_news(held: Option<Held>, record: &Record) -> bool {
@@ -26,6 +27,23 @@ pub fn fresh<'r>(held: &HashMap<RecordId, Held>, records: &'r [Record]) -> Vec<&
         // The same record twice in one page (merged records in a batch read).
         .filter(|r| seen.insert(r.id))
         .filter(|r| is_news(held.get(&r.id).copied(), r))
+        .collect()
+}
+
+/// Live versions HubSpot says are current now (`verify --repair`): news unless the
+/// destination holds this version or a newer live one. Over a tombstone they win (the
+/// record is live again), lifted above it so the ledger moves forward.
+pub fn current(held: &HashMap<RecordId, Held>, records: Vec<Record>) -> Vec<Record> {
+    records
+        .into_iter()
+        .filter_map(|mut r| match held.get(&r.id) {
+            None => Some(r),
+            Some(h) if h.archived => {
+                r.modified = r.modified.max(Millis(h.modified.0 + 1));
+                Some(r)
+            }
+            Some(h) => (r.modified > h.modified).then_some(r),
+        })
         .collect()
 }
 
@@ -89,7 +107,6 @@ pub fn merge_tombstones(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timestamp::Millis;
     use serde_json::{Map, Value};
 
     fn live(id: u64, modified: i64) -> Record {
@@ -155,6 +172,17 @@ mod tests {
             .map(|t| (t.id.0, t.modified.0))
             .collect();
         assert_eq!(got, [(1, 50), (3, 20), (4, 5)]);
+    }
+
+    #[test]
+    fn current_versions_win_over_tombstones_and_lose_to_newer_versions() {
+        let h = held(&[(1, 10, true), (2, 10, false), (3, 10, false)]);
+        let got: Vec<(u64, i64)> =
+            current(&h, vec![live(1, 5), live(2, 10), live(3, 11), live(4, 1)])
+                .iter()
+                .map(|r| (r.id.0, r.modified.0))
+                .collect();
+        assert_eq!(got, [(1, 11), (3, 11), (4, 1)]);
     }
 
     #[test]

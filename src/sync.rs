@@ -34,7 +34,7 @@ use crate::record::Record;
 use crate::report::{Outcome, PassReport, RunReport, SweepReport};
 use crate::shutdown::Shutdown;
 use crate::sink::{HandlerOptions, Sink, SinkSpec};
-use crate::state::{Checkpoint, Pass, RunId, State, Sync, SyncId};
+use crate::state::{Checkpoint, Pass, RunId, State, Sync, SyncId, Unassigned};
 use crate::timestamp::Millis;
 use crate::window::{self, Ask, Margins, Plan, Slice, Window};
 
@@ -153,6 +153,8 @@ struct Properties {
     /// Whether the main window re-delivers the destination's history (`--refresh`, and
     /// the list grew).
     refresh: bool,
+    /// What to record as the destination's list once its window is open.
+    remember: Option<PropertySet>,
     /// In the search body.
     search: Vec<String>,
     /// With `--all-properties`: what batch read fetches for each page.
@@ -203,7 +205,15 @@ impl Engine {
         shutdown: &Shutdown,
     ) -> Result<Finished> {
         let before = self.state.syncs(Some(&job.object)).await?;
-        let sync = self.state.sync(&job.object, &job.destination).await?;
+        let claim = if job.pass == Pass::Main {
+            Unassigned::Claim
+        } else {
+            Unassigned::Leave
+        };
+        let sync = self
+            .state
+            .sync(&job.object, &job.destination, claim)
+            .await?;
         let others: Vec<&str> = before
             .iter()
             .map(|s| s.destination.key())
@@ -320,11 +330,13 @@ impl Engine {
                 return Ok(());
             }
         }
+        // A sweep time in the future (a clock that jumped back) is due now.
         let due = job.deletes_every.is_some_and(|every| {
             sync.swept.is_none_or(|at| {
-                now.0 - at.0 >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
+                at > now || now.0 - at.0 >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
             })
         });
+
         if due {
             let mut sweep = SweepReport::default();
             let result = self.sweep(job, sync, now, shutdown, &mut sweep).await;
@@ -352,10 +364,15 @@ impl Engine {
                 .unwrap_or_else(|| PropertySet::named(&with_needed(object, defaults(object)))),
         };
         let open_refresh = open.is_some_and(|o| o.refresh);
-        let grows = sync.properties.as_ref().is_some_and(|g| !g.covers(&set));
-        // A destination that holds nothing yet has nothing to miss.
-        let holds_records = grows && !self.state.ledger_page(sync.id, None, 1).await?.is_empty();
-        if let Some(given) = &sync.properties
+        let holds_records = !self.state.ledger_page(sync.id, None, 1).await?.is_empty();
+        // A destination that holds records but no list (filled by `reconcile` or the
+        // webhook worker before any poll) was given the defaults.
+        let given = sync.properties.clone().or_else(|| {
+            holds_records.then(|| PropertySet::named(&with_needed(object, defaults(object))))
+        });
+        let grows = given.as_ref().is_some_and(|g| !g.covers(&set));
+        if let Some(given) = &given
+            && grows
             && holds_records
             && !job.ask.refresh
             && !open_refresh
@@ -385,13 +402,13 @@ impl Engine {
         // What the destination is remembered to have: the list of its first run or last
         // refresh, and any list since that did not grow it (a smaller list narrows
         // nothing: going back to the old one needs no refresh).
-        let remembered = match &sync.properties {
+        let remembered = match &given {
             Some(given) if !refresh && given.covers(&set) => given.clone(),
             _ => set.clone(),
         };
-        if sync.properties.as_ref() != Some(&remembered) && job.pass == Pass::Main {
-            self.state.set_properties(sync.id, &remembered).await?;
-        }
+        // Recorded once the window is open (see `window`), so that a run that fails
+        // before (a refresh that cannot reach HubSpot) leaves the old list.
+        let remember = (sync.properties.as_ref() != Some(&remembered)).then_some(remembered);
         let (search, hydrate) = match &set {
             PropertySet::All => {
                 let names = match self
@@ -414,6 +431,7 @@ impl Engine {
             search,
             hydrate,
             refresh,
+            remember,
         })
     }
 
@@ -455,6 +473,14 @@ impl Engine {
         let mut report = RunReport::start(object, job.destination.key(), window, resumed);
         report.refresh = refresh;
         let run = self.state.start_run(sync.id, pass, &report).await?;
+        // The list is the destination's once a window delivers with it; for a refresh,
+        // after its window is open (marked as a refresh), so that a failure in between
+        // leaves a refresh the next run resumes rather than a list nobody delivered.
+        if let Some(list) = &properties.remember
+            && pass != Pass::Recheck
+        {
+            self.state.set_properties(sync.id, list).await?;
+        }
         let counters = self.client.counters();
         let requests_before = counters.requests.load(Ordering::Relaxed);
         let retries_before = counters.retries.load(Ordering::Relaxed);
@@ -591,29 +617,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Hands records the destination may not have to the sink with their merge
-    /// tombstones, and records them in the ledger (with `events`, marking those webhook
-    /// events done in the same transaction): the one path of every delivery that is not
-    /// a window page (webhook batches, `verify --repair`). `versions` are news when newer
-    /// than what the destination holds; `gone` are records HubSpot says no longer exist.
-    /// Returns how many went.
+    /// Hands what the destination may not have to the sink, with the merge tombstones of
+    /// the winners among it, and records it in the ledger (with `events`, marking those
+    /// webhook events done in the same transaction): the one path of every delivery that
+    /// is not a window page (webhook batches, `verify --repair`). Returns how many went.
     ///
     /// # Errors
     /// When the sink or the state fails.
     pub(crate) async fn deliver_loose(
         &mut self,
         sync: &Sync,
-        versions: &[Record],
-        gone: Vec<Record>,
+        loose: Loose,
         events: Option<&[String]>,
     ) -> Result<usize> {
         let object = &sync.object;
-        let ids: Vec<_> = versions.iter().chain(&gone).map(|r| r.id).collect();
+        let ids: Vec<_> = loose
+            .versions
+            .iter()
+            .chain(&loose.current)
+            .chain(&loose.gone)
+            .map(|r| r.id)
+            .collect();
         let held = self.state.held(sync.id, &ids).await?;
-        let fresh = ledger::fresh(&held, versions);
+        let current = ledger::current(&held, loose.current);
+        let mut fresh = ledger::fresh(&held, &loose.versions);
+        fresh.extend(current.iter());
         let merged = merge_tombstones(&self.state, sync.id, object, &fresh).await?;
         // A record a winner lists is tombstoned once, as merged.
-        let gone: Vec<Record> = ledger::gone(&held, gone)
+        let gone: Vec<Record> = ledger::gone(&held, loose.gone)
             .into_iter()
             .filter(|g| !merged.iter().any(|m| m.id == g.id))
             .collect();
@@ -655,6 +686,18 @@ impl Engine {
             None => resolved.search,
         })
     }
+}
+
+/// What a delivery outside a window hands the sink (see [`Engine::deliver_loose`]).
+#[derive(Debug, Default)]
+pub(crate) struct Loose {
+    /// Versions and timestamped tombstones (webhook events): news when newer than what
+    /// the destination holds.
+    pub versions: Vec<Record>,
+    /// Live versions HubSpot says are current (a repair): news over a tombstone too.
+    pub current: Vec<Record>,
+    /// Records HubSpot says no longer exist: news unless already tombstoned.
+    pub gone: Vec<Record>,
 }
 
 /// Tombstones for the records `fresh` winners absorbed that the destination holds live.

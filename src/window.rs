@@ -208,7 +208,12 @@ pub fn plan_recheck(
     if let Some(open) = open {
         return Some(Plan::Resume(open));
     }
-    let from = recheck_cursor.or_else(|| main_cursor.map(|c| c.minus(recheck)))?;
+    // Never ahead of the main cursor (a clock that jumped, a cursor set back).
+    let from = match (recheck_cursor, main_cursor) {
+        (Some(r), Some(c)) => r.min(c),
+        (Some(r), None) => r,
+        (None, c) => c?.minus(recheck),
+    };
     let window = Window {
         lo: from.minus(overlap).max(Millis::BEGINNING),
         hi: now.minus(recheck),

@@ -340,7 +340,9 @@ async fn status_stale_after_exits_1_for_monitoring() {
         .await
         .code(1);
     assert!(
-        old.stderr.contains("stale: contacts -> jsonl:") && old.stderr.contains("(3h old)"),
+        old.stderr
+            .contains("stale (--stale-after 1h): contacts -> jsonl:")
+            && old.stderr.contains("(3h old)"),
         "{}",
         old.stderr
     );

@@ -14,7 +14,10 @@ async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     while !done() {
-        assert!(started.elapsed() < limit, "condition not met within {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
         tick.tick().await;
     }
 }
@@ -32,18 +35,31 @@ fn alive(file: &Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handler_sees_no_secret_in_its_environment() {
     let env = Env::contacts(10).await;
-    env.cmd(&["poll", "contacts", "--settle", "0s", "--sink", "exec:env > env.txt; cat > /dev/null"])
-        .env("COPY_OF_THE_TOKEN", &format!("Bearer {TOKEN}"))
-        .env("HUBSPOT_CLIENT_SECRET", "client-secret-9e1f")
-        .env("HARMLESS", "kept")
-        .run()
-        .await
-        .success();
+    env.cmd(&[
+        "poll",
+        "contacts",
+        "--settle",
+        "0s",
+        "--sink",
+        "exec:env > env.txt; cat > /dev/null",
+    ])
+    .env("COPY_OF_THE_TOKEN", &format!("Bearer {TOKEN}"))
+    .env("HUBSPOT_CLIENT_SECRET", "client-secret-9e1f")
+    .env("HARMLESS", "kept")
+    .run()
+    .await
+    .success();
     let seen = std::fs::read_to_string(env.path("env.txt")).unwrap();
-    assert!(!seen.contains(TOKEN), "the token reached the handler:\n{seen}");
+    assert!(
+        !seen.contains(TOKEN),
+        "the token reached the handler:\n{seen}"
+    );
     assert!(!seen.contains("HUBSPOT_TOKEN") && !seen.contains("COPY_OF_THE_TOKEN"));
     assert!(!seen.contains("client-secret-9e1f") && !seen.contains("HUBSPOT_CLIENT_SECRET"));
-    assert!(seen.contains("HARMLESS=kept"), "the rest of the environment stays");
+    assert!(
+        seen.contains("HARMLESS=kept"),
+        "the rest of the environment stays"
+    );
     assert!(seen.contains("MARTECH_SYNC_OBJECT=contacts"));
 }
 
@@ -65,10 +81,20 @@ async fn a_hung_handler_is_killed_at_the_timeout_and_the_page_fails() {
         .run()
         .await
         .code(1);
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     let line = out.error_line();
-    assert!(line.contains("ran longer than --handler-timeout 1s"), "{line}");
-    assert!(!alive(&env.path("handler.pid")), "the handler outlived its page");
+    assert!(
+        line.contains("ran longer than --handler-timeout 1s"),
+        "{line}"
+    );
+    assert!(
+        !alive(&env.path("handler.pid")),
+        "the handler outlived its page"
+    );
     assert!(env.object_status("contacts").await["cursor"].is_null());
 }
 
@@ -103,7 +129,10 @@ async fn sigterm_stops_the_handler_and_a_second_one_exits_130() {
         let want = if second { 130 } else { 1 };
         assert_eq!(out.status.code(), Some(want), "second signal: {second}");
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(!alive(&pid_file), "the handler outlived the run (second signal: {second})");
+        assert!(
+            !alive(&pid_file),
+            "the handler outlived the run (second signal: {second})"
+        );
         assert!(env.object_status("contacts").await["cursor"].is_null());
     }
 }
@@ -145,8 +174,10 @@ async fn what_the_process_creates_is_private() {
         .cmd(&["poll", "contacts", "--settle", "0s", "--interval", "1"])
         .spawn();
     let wal = env.path("state.db-wal");
-    eventually(Duration::from_secs(10), || wal.exists() && env.path("state.db-shm").exists())
-        .await;
+    eventually(Duration::from_secs(10), || {
+        wal.exists() && env.path("state.db-shm").exists()
+    })
+    .await;
     env.poll(&[]).run().await.success();
     let mut checked = vec![
         env.db(),
@@ -196,13 +227,23 @@ async fn secrets_come_from_files_and_the_command_line_is_warned_about() {
         .run()
         .await
         .code(2);
-    assert!(missing.error_line().contains("--token-file /nonexistent/token"));
+    assert!(
+        missing
+            .error_line()
+            .contains("--token-file /nonexistent/token")
+    );
 
     // The client secret alike, for serve.
     let secret_file = env.path("secret");
     std::fs::write(&secret_file, "client-secret-9e1f\n").unwrap();
     let serve = env
-        .cmd(&["serve", "--listen", "127.0.0.1:0", "--client-secret", "client-secret-9e1f"])
+        .cmd(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--client-secret",
+            "client-secret-9e1f",
+        ])
         .spawn();
     sigterm_after_url(serve, |stderr| {
         assert!(stderr.contains("`ps`"), "{stderr}");
@@ -218,7 +259,10 @@ async fn secrets_come_from_files_and_the_command_line_is_warned_about() {
             secret_file.to_str().unwrap(),
         ])
         .spawn();
-    sigterm_after_url(serve, |stderr| assert!(!stderr.contains("`ps`"), "{stderr}")).await;
+    sigterm_after_url(serve, |stderr| {
+        assert!(!stderr.contains("`ps`"), "{stderr}")
+    })
+    .await;
 }
 
 /// Waits for `serve` to print its URL, stops it, and checks its stderr.
@@ -308,7 +352,9 @@ async fn read_only_commands_work_on_a_state_file_that_cannot_be_written() {
             std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o555))
                 .unwrap();
         }
-        cmd.args(args).env("MARTECH_SYNC_DB", env.db()).env_remove("HUBSPOT_TOKEN");
+        cmd.args(args)
+            .env("MARTECH_SYNC_DB", env.db())
+            .env_remove("HUBSPOT_TOKEN");
         cmd.output().unwrap()
     };
     for args in [

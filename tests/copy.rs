@@ -586,3 +586,245 @@ async fn a_state_file_from_before_destinations_is_claimed_by_its_next_run() {
         "{status:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_destination_keeps_its_sink_and_a_relative_handler_its_directory() {
+    let env = Env::contacts(300).await;
+    for team in ["team-a", "team-b"] {
+        let dir = env.path(team);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("load.sh"), "#!/bin/sh\ncat >> out.jsonl\n").unwrap();
+        std::fs::set_permissions(
+            dir.join("load.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    // The same words in two directories are two handlers: each gets every record.
+    for team in ["team-a", "team-b"] {
+        let mut cmd = env.cmd(&[
+            "poll",
+            "contacts",
+            "--settle",
+            "0s",
+            "--sink",
+            "exec:./load.sh",
+        ]);
+        cmd = cmd.current_dir(&env.path(team));
+        cmd.run().await.success();
+        let lines = crate::support::read_jsonl(&env.path(team).join("out.jsonl"));
+        assert_eq!(lines.len(), 300, "{team}");
+    }
+    // A named destination given no --sink keeps the sink it was last given.
+    let warehouse = format!("jsonl:{}", env.path("warehouse.jsonl").display());
+    env.cmd(&[
+        "poll",
+        "contacts",
+        "--settle",
+        "0s",
+        "--sink",
+        &warehouse,
+        "--destination",
+        "warehouse",
+    ])
+    .run()
+    .await
+    .success();
+    env.mock.modify("contacts", [5, 6, 7]);
+    env.cmd(&[
+        "poll",
+        "contacts",
+        "--settle",
+        "0s",
+        "--destination",
+        "warehouse",
+    ])
+    .run()
+    .await
+    .success();
+    assert_eq!(
+        env.lines("warehouse.jsonl").len(),
+        303,
+        "the forgetful run went to the warehouse"
+    );
+    let rows: i64 = rusqlite::Connection::open(env.db())
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0, "nothing went to the sqlite sink");
+    // A file by a roundabout name is known by its real path.
+    std::fs::create_dir(env.path("sub")).unwrap();
+    let roundabout = format!("jsonl:{}/sub/../other.jsonl", env.dir.path().display());
+    let again = env
+        .cmd(&[
+            "poll",
+            "contacts",
+            "--settle",
+            "0s",
+            "--sink",
+            &roundabout,
+            "--json",
+        ])
+        .run()
+        .await
+        .success();
+    let real = std::fs::canonicalize(env.dir.path())
+        .unwrap()
+        .join("other.jsonl");
+    assert_eq!(
+        again.summary()["destination"],
+        format!("jsonl:{}", real.display()),
+        "{}",
+        again.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_cannot_start_or_finish_is_not_lost() {
+    let env = Env::contacts(400).await;
+    env.poll(&[]).run().await.success();
+    // HubSpot unreachable: the refresh never starts, so the list is not taken as given.
+    let down = env
+        .poll(&["--all-properties", "--refresh", "--max-attempts", "1"])
+        .env("HUBSPOT_BASE_URL", "http://127.0.0.1:9")
+        .run()
+        .await
+        .code(1);
+    assert!(
+        down.error_line().contains("could not connect"),
+        "{}",
+        down.stderr
+    );
+    env.poll(&["--all-properties"]).run().await.code(2);
+
+    // A refresh that fails half way is resumed, and cursor commands do not abandon it.
+    env.mock.knobs().faults.insert(
+        env.mock.searches() + 2,
+        martech_sync::mock::Fault::Status(400),
+    );
+    env.poll(&["--all-properties", "--refresh", "--concurrency", "1"])
+        .run()
+        .await
+        .code(1);
+    let set = env
+        .cmd(&["cursor", "set", "contacts", "1h"])
+        .run()
+        .await
+        .code(2);
+    assert!(set.error_line().contains("half done"), "{}", set.stderr);
+    let finished = env
+        .poll(&["--all-properties", "--json"])
+        .run()
+        .await
+        .success()
+        .summary();
+    assert_eq!(finished["resumed"], true);
+    assert_eq!(finished["refresh"], true);
+    let lines = env.lines("out.jsonl");
+    assert_eq!(
+        lines.len(),
+        800,
+        "every record once more, with every property"
+    );
+
+    // A destination filled by reconcile before any poll was given the defaults.
+    let other = format!("jsonl:{}", env.path("other.jsonl").display());
+    env.cmd(&[
+        "reconcile",
+        "contacts",
+        "--lookback",
+        "4000d",
+        "--sink",
+        &other,
+    ])
+    .run()
+    .await
+    .success();
+    env.cmd(&[
+        "poll",
+        "contacts",
+        "--settle",
+        "0s",
+        "--sink",
+        &other,
+        "--all-properties",
+    ])
+    .run()
+    .await
+    .code(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_names_of_one_state_file_share_its_locks() {
+    let env = Env::contacts(600).await;
+    std::fs::create_dir(env.path("alias")).unwrap();
+    std::os::unix::fs::symlink(env.db(), env.path("alias/state.db")).unwrap();
+    env.poll(&[]).run().await.success();
+    env.mock.hold_from(env.mock.searches() + 1);
+    let first = env.poll(&["--since", "2000-01-01"]).spawn();
+    env.mock.wait_for_searches(env.mock.searches() + 1).await;
+    let alias = env.path("alias/state.db");
+    let second = env
+        .poll(&["--since", "2000-01-01"])
+        .env("MARTECH_SYNC_DB", alias.to_str().unwrap())
+        .run()
+        .await
+        .code(75);
+    assert!(
+        second.error_line().contains("another martech-sync run"),
+        "{}",
+        second.stderr
+    );
+    env.mock.release();
+    let out = first.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_over_a_stale_tombstone_converges() {
+    let env = Env::contacts(50).await;
+    env.poll(&[]).run().await.success();
+    // The destination was told record 5 was deleted after its last change, yet HubSpot
+    // has it live (restored without a new version, or a clock ahead).
+    let later = Millis::now().plus(Duration::from_secs(120)).0;
+    rusqlite::Connection::open(env.db())
+        .unwrap()
+        .execute(
+            "UPDATE ledger SET archived = 1, modified_ms = ?1 WHERE id = 5",
+            [later],
+        )
+        .unwrap();
+    let drift = env
+        .cmd(&["verify", "contacts", "--json"])
+        .run()
+        .await
+        .code(3);
+    let report: Value = serde_json::from_str(drift.stdout.trim()).unwrap();
+    assert_eq!(report["stale"], 1);
+    let repaired = env
+        .cmd(&["verify", "contacts", "--json", "--repair"])
+        .run()
+        .await
+        .success();
+    let report: Value = serde_json::from_str(repaired.stdout.trim()).unwrap();
+    assert_eq!(report["repaired"]["delivered"], 1);
+    env.cmd(&["verify", "contacts"]).run().await.success();
+    let last = env.lines("out.jsonl").pop().unwrap();
+    assert_eq!(
+        (last["id"].as_str(), &last["archived"]),
+        (Some("5"), &Value::Bool(false))
+    );
+
+    // With a refused token every endpoint answers HubSpot's 401, verify's list included.
+    let refused = env
+        .cmd(&["verify", "contacts"])
+        .env("HUBSPOT_TOKEN", "pat-na1-wrong")
+        .run()
+        .await
+        .code(1);
+    assert!(
+        refused.error_line().contains("401 Unauthorized"),
+        "{}",
+        refused.stderr
+    );
+}

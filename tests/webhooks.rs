@@ -505,3 +505,25 @@ async fn a_merge_event_tombstones_the_merged_records_and_fetches_the_new_one() {
     }
     serve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_a_record_gone_for_good_tombstones_it_whatever_its_time() {
+    let env = Env::contacts(10).await;
+    env.poll(&[]).run().await.success();
+    let modified = env.mock.store().get("contacts", 4).unwrap().modified;
+    env.mock.store().delete_for_good("contacts", 4);
+    let serve = Serve::start(&env, &[]).await;
+    // HubSpot's event time is a little before the version the poll delivered.
+    let body = json!([event(4, "propertyChange", modified.0 - 3, 1)]).to_string();
+    assert_eq!(serve.send(&body).await.0, 200);
+    eventually(Duration::from_secs(20), || {
+        env.lines("out.jsonl").len() == 11
+    })
+    .await;
+    let last = env.lines("out.jsonl").pop().unwrap();
+    assert_eq!(
+        (last["id"].as_str(), &last["archived"]),
+        (Some("4"), &Value::Bool(true))
+    );
+    serve.stop().await;
+}

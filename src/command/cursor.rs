@@ -9,10 +9,10 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use super::pick_destination;
-use crate::config::{CursorConfig, CursorOp};
+use crate::config::{CursorConfig, CursorOp, UsageError};
 use crate::destination::Destination;
 use crate::lock::ObjectLock;
-use crate::state;
+use crate::state::{self, Pass, Unassigned};
 
 /// Runs a cursor command on the state file `db`.
 ///
@@ -49,7 +49,28 @@ pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
         .await?
         .unwrap_or_else(|| Destination::named("sqlite", "sqlite"));
     let _lock = ObjectLock::acquire(db, object, &destination)?;
-    let sync = state.sync(object, &destination).await?;
+    let sync = state.sync(object, &destination, Unassigned::Leave).await?;
+    // A refresh half done told the destination it has the new list: closing its window
+    // would leave the rest of history without it.
+    let refreshing = state
+        .open_window(sync.id, Pass::Main)
+        .await?
+        .is_some_and(|open| open.refresh);
+    let starts_over = matches!(
+        config.op,
+        CursorOp::Reset {
+            redeliver: true,
+            ..
+        }
+    );
+    if refreshing && !starts_over {
+        return Err(UsageError::new(format!(
+            "a --refresh of {object} -> {destination} is half done; finish it with \
+             `martech-sync poll {object}{}` first (or start over with `cursor reset --redeliver`)",
+            destination.flag()
+        ))
+        .into());
+    }
     match config.op {
         CursorOp::Show => {}
         CursorOp::Set(at) => {

@@ -76,7 +76,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
             recheck: Duration::from_secs(3_600),
             deletes_every: Some(Duration::ZERO),
         },
-        sink: SinkSpec::Sqlite,
+        sink: Some(SinkSpec::Sqlite),
         handlers: crate::sink::HandlerOptions::default(),
         client,
         json: false,

@@ -11,12 +11,45 @@ pub mod serve;
 pub mod status;
 pub mod verify;
 
+use std::path::Path;
+
 use anyhow::Result;
 
 use crate::config::UsageError;
 use crate::destination::Destination;
 use crate::object::ObjectType;
-use crate::state::State;
+use crate::sink::SinkSpec;
+use crate::state::{self, State};
+
+/// The sink a command delivers to, with its destination: the one given, or the one a
+/// destination named without `--sink` was last given (the default `sqlite` for a name
+/// never used), so that a run that forgets `--sink` never sends a named destination's
+/// records somewhere else.
+///
+/// # Errors
+/// When the state file cannot be read.
+pub(crate) async fn resolve_sink(
+    db: &Path,
+    destination: &Destination,
+    given: Option<&SinkSpec>,
+) -> Result<(SinkSpec, Destination)> {
+    if let Some(spec) = given {
+        return Ok((spec.clone(), destination.clone()));
+    }
+    let mut spec = SinkSpec::Sqlite;
+    if db.exists() {
+        let known = state::open_read_only(db)?.syncs(None).await?;
+        if let Some(last) = known
+            .iter()
+            .filter(|s| s.destination.key() == destination.key())
+            .find_map(|s| s.destination.sink_spec())
+        {
+            spec = last;
+        }
+    }
+    let destination = Destination::named(destination.key(), spec.stored());
+    Ok((spec, destination))
+}
 
 /// The destination a command acts on: the one named (`--sink`/`--destination`), which
 /// must exist when `object` already has destinations, or else the only one `object`

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::resolve_sink;
 use crate::config::PollConfig;
 use crate::lock::ObjectLock;
 use crate::report::{Outcome, RunReport};
 use crate::shutdown::Shutdown;
-use crate::sync::{Engine, Finished};
+use crate::sync::{Engine, Finished, PollJob};
 use crate::timestamp::Millis;
 use crate::watch;
 
@@ -26,20 +27,26 @@ pub struct Interrupted;
 pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
+    let (sink, destination) =
+        resolve_sink(db, &config.job.destination, config.sink.as_ref()).await?;
+    let job = PollJob {
+        destination,
+        ..config.job.clone()
+    };
     let mut engine = Engine::open(
         db,
         &config.client,
-        (&config.sink, &config.handlers),
+        (&sink, &config.handlers),
         &shutdown,
         config.progress,
     )?;
     if let Some(interval) = config.interval {
-        return watch::run(&mut engine, &config.job, interval, &shutdown, |report| {
+        return watch::run(&mut engine, &job, interval, &shutdown, |report| {
             print_summary(config, report)
         })
         .await;
     }
-    let finished = engine.poll(&config.job, Millis::now(), &shutdown).await?;
+    let finished = engine.poll(&job, Millis::now(), &shutdown).await?;
     print_summary(config, &finished.report)?;
     if finished.report.outcome == Outcome::Interrupted {
         return Err(Interrupted.into());
@@ -54,14 +61,20 @@ pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
 pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
     let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
     let shutdown = Shutdown::default();
+    let (sink, destination) =
+        resolve_sink(db, &config.job.destination, config.sink.as_ref()).await?;
+    let job = PollJob {
+        destination,
+        ..config.job.clone()
+    };
     let mut engine = Engine::open(
         db,
         &config.client,
-        (&config.sink, &config.handlers),
+        (&sink, &config.handlers),
         &shutdown,
         config.progress,
     )?;
-    engine.poll(&config.job, Millis::now(), &shutdown).await
+    engine.poll(&job, Millis::now(), &shutdown).await
 }
 
 fn print_summary(config: &PollConfig, report: &RunReport) -> Result<()> {

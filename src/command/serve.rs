@@ -20,13 +20,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
+use super::resolve_sink;
 use crate::config::ServeConfig;
 use crate::hubspot::error::{is_auth_failure, is_daily_limit};
 use crate::lock::{ObjectLock, ServeLock};
 use crate::progress::ProgressMode;
 use crate::shutdown::Shutdown;
 use crate::state::Sqlite;
-use crate::sync::Engine;
+use crate::sync::{Engine, PollJob};
 use crate::timestamp::Millis;
 use crate::webhook::health::{Health, Reconciliation};
 use crate::webhook::receiver::{Receiver, router};
@@ -71,11 +72,20 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
             ))
         })
         .collect::<Result<HashMap<_, _>>>()?;
-    let locks = Locks::new(db, &config.destination, polled);
+    let (sink, destination) = resolve_sink(db, &config.destination, config.sink.as_ref()).await?;
+    let polls: Vec<PollJob> = config
+        .polls
+        .iter()
+        .map(|job| PollJob {
+            destination: destination.clone(),
+            ..job.clone()
+        })
+        .collect();
+    let locks = Locks::new(db, &destination, polled);
     let mut engine = Engine::open(
         db,
         &config.client,
-        (&config.sink, &config.handlers),
+        (&sink, &config.handlers),
         &shutdown,
         ProgressMode::Hidden,
     )?;
@@ -153,7 +163,7 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
         };
         let work = async {
             if reconciling {
-                reconcile_all(&mut engine, config, &health, &shutdown).await?;
+                reconcile_all(&mut engine, &polls, &health, &shutdown).await?;
             }
             drain(&mut engine, &locks, retry, &shutdown, &mut paused_until).await?;
             health.progress();
@@ -180,11 +190,11 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
 /// A refused token: no later tick can fix it.
 async fn reconcile_all(
     engine: &mut Engine,
-    config: &ServeConfig,
+    polls: &[PollJob],
     health: &Health,
     shutdown: &Shutdown,
 ) -> Result<()> {
-    for job in &config.polls {
+    for job in polls {
         let (outcome, error) = match engine.poll(job, Millis::now(), shutdown).await {
             Ok(finished) => {
                 let outcome = finished.report.outcome.as_str().to_owned();

@@ -77,9 +77,9 @@ pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
             parts.extend(future);
             parts.extend(never.into_iter().map(|o| format!("{o} (never committed)")));
             bail!(
-                "stale: {} older than --stale-after {}",
-                parts.join(", "),
-                humantime::format_duration(limit)
+                "stale (--stale-after {}): {}",
+                humantime::format_duration(limit),
+                parts.join(", ")
             );
         }
     }

@@ -22,8 +22,9 @@ use crate::progress::ProgressMode;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
+use crate::state::Unassigned;
 use crate::state::{self, Sync};
-use crate::sync::Engine;
+use crate::sync::{Engine, Loose};
 use crate::timestamp::Millis;
 use crate::verify::{Comparison, Drift, DriftSummary};
 
@@ -88,7 +89,7 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     } else {
         None
     };
-    let sync = state.sync(object, &destination).await?;
+    let sync = state.sync(object, &destination, Unassigned::Leave).await?;
     let destination = &sync.destination;
     let client = Client::new(&config.client)?;
 
@@ -110,7 +111,7 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     if config.repair && !drift.is_empty() {
         let spec = match &config.sink {
             Some(spec) => spec.clone(),
-            None => destination.sink().parse().map_err(|_| {
+            None => destination.sink_spec().ok_or_else(|| {
                 UsageError::new(format!(
                     "cannot tell the sink of {destination} from the state; give it with --sink"
                 ))
@@ -150,14 +151,18 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     Ok(())
 }
 
-/// Up to when the destination must have every version: its cursor, or the recheck
-/// cursor when that is earlier (a record the index showed late is the recheck window's
-/// business until then, not drift).
+/// Up to when the destination must have every version: the recheck cursor, when the
+/// trailing pass runs (a record the index showed late is its business until then, not
+/// drift), else the cursor minus the default overlap (what the next run re-reads).
 fn horizon(sync: &Sync) -> Option<Millis> {
-    match (sync.cursor, sync.recheck) {
-        (Some(c), Some(r)) => Some(c.min(r)),
-        (c, _) => c,
-    }
+    const OVERLAP: std::time::Duration = std::time::Duration::from_secs(300);
+    const RECHECK_KEPT_UP: std::time::Duration = std::time::Duration::from_secs(2 * 3_600);
+    let cursor = sync.cursor?;
+    Some(match sync.recheck {
+        // A recheck cursor far behind the cursor is one that stopped: rechecking is off.
+        Some(r) if r >= cursor.minus(RECHECK_KEPT_UP) => r.min(cursor),
+        _ => cursor.minus(OVERLAP),
+    })
 }
 
 /// Every live record of `object`, with its modified time, from the list endpoint.
@@ -212,7 +217,9 @@ async fn confirm_extras(
         .collect())
 }
 
-/// Delivers the missing and stale records' current versions and tombstones the extras.
+/// Delivers the missing and stale records' current versions and tombstones the extras,
+/// a batch read (100 records) and a delivery at a time, so a large repair moves forward
+/// in steps and a failure keeps what went before.
 async fn repair(
     engine: &mut Engine,
     sync: &Sync,
@@ -221,28 +228,36 @@ async fn repair(
 ) -> Result<Repaired> {
     let wanted: Vec<RecordId> = drift.missing.iter().chain(&drift.stale).copied().collect();
     let properties = engine.stored_properties(sync).await?;
-    let fetched = engine
-        .client
-        .batch_read(&sync.object, &wanted, &properties, Unaccounted::Gone)
-        .await?;
-    let versions: Vec<Record> = fetched.into_values().collect();
+    let mut repaired = Repaired::default();
+    for chunk in wanted.chunks(100) {
+        let fetched = engine
+            .client
+            .batch_read(&sync.object, chunk, &properties, Unaccounted::Gone)
+            .await?;
+        let loose = Loose {
+            current: fetched.into_values().collect(),
+            ..Loose::default()
+        };
+        repaired.delivered += engine.deliver_loose(sync, loose, None).await? as u64;
+    }
     let now = Millis::now();
-    let gone: Vec<Record> = drift
-        .extra
-        .iter()
-        .map(|id| {
-            let winner = merged_into.iter().find(|(m, _)| m == id).map(|(_, w)| *w);
-            Record::tombstone(*id, now, winner)
-        })
-        .collect();
-    let tombstones = gone.len() as u64;
-    let live = versions.len() as u64;
-    engine.deliver_loose(sync, &versions, gone, None).await?;
-    tracing::info!(object = %sync.object, delivered = live, tombstones, "repaired");
-    Ok(Repaired {
-        delivered: live,
-        tombstones,
-    })
+    for chunk in drift.extra.chunks(100) {
+        let gone = chunk
+            .iter()
+            .map(|id| {
+                let winner = merged_into.iter().find(|(m, _)| m == id).map(|(_, w)| *w);
+                Record::tombstone(*id, now, winner)
+            })
+            .collect();
+        let loose = Loose {
+            gone,
+            ..Loose::default()
+        };
+        repaired.tombstones += engine.deliver_loose(sync, loose, None).await? as u64;
+    }
+    tracing::info!(object = %sync.object, delivered = repaired.delivered,
+        tombstones = repaired.tombstones, "repaired");
+    Ok(repaired)
 }
 
 fn print(json: bool, report: &Report) -> Result<()> {

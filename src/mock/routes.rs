@@ -588,7 +588,8 @@ fn error(status: StatusCode, category: &str, message: &str, correlation_id: &str
         "correlationId": correlation_id,
         "category": category,
     });
-    (status, axum::Json(body).into_response())
+    // The status goes into the response too: the other routes answer with it alone.
+    (status, (status, axum::Json(body)).into_response())
 }
 
 fn correlation_id(shared: &Shared) -> String {

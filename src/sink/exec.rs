@@ -71,6 +71,8 @@ impl Default for HandlerOptions {
 /// A handler command.
 pub struct ExecSink {
     command: String,
+    /// Where it runs, when it names paths relative to a directory.
+    dir: Option<std::path::PathBuf>,
     options: HandlerOptions,
     shutdown: Shutdown,
 }
@@ -82,10 +84,11 @@ enum Cut {
 }
 
 impl ExecSink {
-    /// A sink that runs `command` through `sh -c` once per page.
-    pub fn new(command: String, options: HandlerOptions, shutdown: Shutdown) -> ExecSink {
+    /// A sink that runs `handler` through `sh -c` once per page.
+    pub fn new(handler: super::Handler, options: HandlerOptions, shutdown: Shutdown) -> ExecSink {
         ExecSink {
-            command,
+            command: handler.command,
+            dir: handler.dir,
             options,
             shutdown,
         }
@@ -114,7 +117,11 @@ impl ExecSink {
     /// or is stopped by a shutdown.
     pub async fn deliver(&mut self, object: &ObjectType, records: &[&Record]) -> Result<()> {
         let input = ndjson(object, records);
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
             .arg("-c")
             .arg(&self.command)
             .env_clear()

@@ -30,7 +30,33 @@ pub use jsonl::JsonlSink;
 pub enum SinkSpec {
     Sqlite,
     Jsonl(JsonlTarget),
-    Exec(String),
+    Exec(Handler),
+}
+
+/// An `exec:` handler: the command, and the directory it runs in when it names files
+/// relative to it (`./load.sh`): the same words in another directory are another
+/// handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handler {
+    pub command: String,
+    pub dir: Option<PathBuf>,
+}
+
+impl Handler {
+    /// A handler run as given, wherever the process is.
+    pub fn new(command: impl Into<String>) -> Handler {
+        Handler {
+            command: command.into(),
+            dir: None,
+        }
+    }
+
+    /// Whether the command names a path relative to its directory.
+    fn is_relative(&self) -> bool {
+        self.command
+            .split_whitespace()
+            .any(|word| word.starts_with("./") || word.starts_with("../"))
+    }
 }
 
 /// Where a jsonl sink writes.
@@ -57,7 +83,7 @@ impl FromStr for SinkSpec {
             }
             // Trimmed: a stray space in a crontab must not make a new destination.
             Some(("exec", command)) if !command.trim().is_empty() => {
-                Ok(SinkSpec::Exec(command.trim().to_owned()))
+                Ok(SinkSpec::Exec(Handler::new(command.trim())))
             }
             _ => Err(UnknownSink(s.to_owned())),
         }
@@ -70,19 +96,59 @@ impl SinkSpec {
         matches!(self, SinkSpec::Jsonl(JsonlTarget::Stdout))
     }
 
-    /// The same sink with a jsonl path made absolute against the current directory
-    /// (without touching the file, which may not exist yet): a destination is known by
-    /// its absolute path, whatever directory cron starts in.
+    /// The same sink pinned to where it is: a jsonl path made absolute, through the real
+    /// directory it is in (so `a/../out.jsonl` or a symlinked directory is the same
+    /// file), and a handler that names relative paths given the current directory. A
+    /// destination is known by this, whatever directory cron starts in.
     ///
     /// # Errors
     /// When the current directory cannot be read.
     pub fn absolute(self) -> std::io::Result<SinkSpec> {
         Ok(match self {
             SinkSpec::Jsonl(JsonlTarget::File(path)) => {
-                SinkSpec::Jsonl(JsonlTarget::File(std::path::absolute(path)?))
+                let path = std::path::absolute(path)?;
+                let real = match (path.parent(), path.file_name()) {
+                    (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                        .map(|dir| dir.join(name))
+                        .unwrap_or(path),
+                    _ => path,
+                };
+                SinkSpec::Jsonl(JsonlTarget::File(real))
+            }
+            SinkSpec::Exec(handler) if handler.is_relative() && handler.dir.is_none() => {
+                SinkSpec::Exec(Handler {
+                    dir: Some(std::env::current_dir()?),
+                    ..handler
+                })
             }
             other => other,
         })
+    }
+
+    /// The state's description of this sink: what the destination key is derived from,
+    /// and what [`SinkSpec::from_stored`] reads back.
+    pub fn stored(&self) -> String {
+        match self {
+            SinkSpec::Exec(Handler {
+                command,
+                dir: Some(dir),
+            }) => format!("exec:{command} (in {})", dir.display()),
+            other => other.to_string(),
+        }
+    }
+
+    /// The inverse of [`SinkSpec::stored`].
+    pub fn from_stored(s: &str) -> Option<SinkSpec> {
+        if let Some(rest) = s.strip_prefix("exec:")
+            && let Some((command, dir)) =
+                rest.strip_suffix(')').and_then(|r| r.rsplit_once(" (in /"))
+        {
+            return Some(SinkSpec::Exec(Handler {
+                command: command.to_owned(),
+                dir: Some(PathBuf::from(format!("/{dir}"))),
+            }));
+        }
+        s.parse().ok()
     }
 }
 
@@ -92,7 +158,7 @@ impl std::fmt::Display for SinkSpec {
             SinkSpec::Sqlite => f.write_str("sqlite"),
             SinkSpec::Jsonl(JsonlTarget::Stdout) => f.write_str("jsonl:-"),
             SinkSpec::Jsonl(JsonlTarget::File(path)) => write!(f, "jsonl:{}", path.display()),
-            SinkSpec::Exec(command) => write!(f, "exec:{command}"),
+            SinkSpec::Exec(handler) => write!(f, "exec:{}", handler.command),
         }
     }
 }
@@ -114,8 +180,8 @@ impl Sink {
         Ok(match spec {
             SinkSpec::Sqlite => Sink::Sqlite,
             SinkSpec::Jsonl(target) => Sink::Jsonl(JsonlSink::open(target)?),
-            SinkSpec::Exec(command) => Sink::Exec(ExecSink::new(
-                command.clone(),
+            SinkSpec::Exec(handler) => Sink::Exec(ExecSink::new(
+                handler.clone(),
                 handlers.clone(),
                 shutdown.clone(),
             )),
@@ -170,8 +236,8 @@ mod tests {
                 Some(SinkSpec::Jsonl(JsonlTarget::File("out.jsonl".into()))),
             ),
             (
-                "exec:./load.sh --fast",
-                Some(SinkSpec::Exec("./load.sh --fast".into())),
+                "exec: ./load.sh --fast ",
+                Some(SinkSpec::Exec(Handler::new("./load.sh --fast"))),
             ),
             ("exec: ", None),
             ("jsonl:", None),
@@ -180,5 +246,29 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(input.parse::<SinkSpec>().ok(), want, "{input}");
         }
+    }
+
+    #[test]
+    fn a_relative_handler_is_pinned_to_its_directory() {
+        let relative = "exec:./load.sh"
+            .parse::<SinkSpec>()
+            .unwrap()
+            .absolute()
+            .unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            relative.stored(),
+            format!("exec:./load.sh (in {})", here.display())
+        );
+        assert_eq!(
+            SinkSpec::from_stored(&relative.stored()),
+            Some(relative.clone())
+        );
+        assert_eq!(relative.to_string(), "exec:./load.sh");
+        let anywhere = "exec:/usr/local/bin/load --fast"
+            .parse::<SinkSpec>()
+            .unwrap();
+        assert_eq!(anywhere.clone().absolute().unwrap(), anywhere);
+        assert_eq!(SinkSpec::from_stored(&anywhere.stored()), Some(anywhere));
     }
 }

@@ -86,6 +86,15 @@ pub struct Sync {
     pub properties: Option<PropertySet>,
 }
 
+/// What a new sync does with the state a pre-destination file left unassigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unassigned {
+    /// Take it over: only a main poll does, the one run that is surely the user's own.
+    Claim,
+    /// Leave it for the next poll.
+    Leave,
+}
+
 /// A window's role in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pass {
@@ -232,13 +241,18 @@ pub trait Storage: Send + std::marker::Sync {
 
     // --- syncs ---------------------------------------------------------------------
 
-    /// The sync of `object` to `destination`, created if new. A new sync adopts the
-    /// state of `object` that a pre-destination state file held (what it holds belongs
-    /// to the destination of its next run).
+    /// The sync of `object` to `destination`, created if new. With [`Unassigned::Claim`]
+    /// a new sync takes over the state of `object` that a pre-destination state file
+    /// held (what it holds belongs to the destination of the object's next poll).
     ///
     /// # Errors
     /// On storage errors.
-    async fn sync(&self, object: &ObjectType, destination: &Destination) -> Result<Sync>;
+    async fn sync(
+        &self,
+        object: &ObjectType,
+        destination: &Destination,
+        unassigned: Unassigned,
+    ) -> Result<Sync>;
 
     /// The syncs of `object` (all when `None`), by object and destination.
     ///

@@ -39,7 +39,10 @@ fn sqlite_sink() -> Destination {
 
 /// A sync with a fresh main window open, and its run.
 async fn started(state: &State) -> (Sync, RunId, RunReport) {
-    let sync = state.sync(&contacts(), &sqlite_sink()).await.unwrap();
+    let sync = state
+        .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+        .await
+        .unwrap();
     let window = Window {
         lo: Millis(0),
         hi: Millis(100),
@@ -138,7 +141,10 @@ async fn destinations_have_their_own_cursors_windows_and_ledgers() {
     for (_dir, state) in backends() {
         let (sqlite, run, mut report) = started(&state).await;
         let jsonl = Destination::named("jsonl:/tmp/out.jsonl", "jsonl:/tmp/out.jsonl");
-        let other = state.sync(&contacts(), &jsonl).await.unwrap();
+        let other = state
+            .sync(&contacts(), &jsonl, Unassigned::Claim)
+            .await
+            .unwrap();
         assert_ne!(sqlite.id, other.id);
         let one = record(1, 10);
         let done = Checkpoint {
@@ -195,13 +201,19 @@ async fn destinations_have_their_own_cursors_windows_and_ledgers() {
             .commit_window(sqlite.id, Pass::Recheck, Some(Millis(40)), run, &recheck)
             .await
             .unwrap();
-        let synced = state.sync(&contacts(), &sqlite_sink()).await.unwrap();
+        let synced = state
+            .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+            .await
+            .unwrap();
         assert_eq!(
             (synced.cursor, synced.recheck),
             (Some(Millis(100)), Some(Millis(40)))
         );
         state.reset(synced.id, false).await.unwrap();
-        let reset = state.sync(&contacts(), &sqlite_sink()).await.unwrap();
+        let reset = state
+            .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+            .await
+            .unwrap();
         assert_eq!((reset.cursor, reset.recheck), (None, None));
         assert_eq!(state.held(reset.id, &[RecordId(1)]).await.unwrap().len(), 1);
         state.reset(reset.id, true).await.unwrap();
@@ -218,12 +230,18 @@ async fn destinations_have_their_own_cursors_windows_and_ledgers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_and_sweeps_are_remembered_per_destination() {
     for (_dir, state) in backends() {
-        let sync = state.sync(&contacts(), &sqlite_sink()).await.unwrap();
+        let sync = state
+            .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+            .await
+            .unwrap();
         assert_eq!(sync.properties, None);
         let set = PropertySet::named(&["email", "lastmodifieddate"]);
         state.set_properties(sync.id, &set).await.unwrap();
         state.set_swept(sync.id, Millis(77)).await.unwrap();
-        let again = state.sync(&contacts(), &sqlite_sink()).await.unwrap();
+        let again = state
+            .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+            .await
+            .unwrap();
         assert_eq!(again.properties, Some(set));
         assert_eq!(again.swept, Some(Millis(77)));
     }

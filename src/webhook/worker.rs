@@ -23,8 +23,9 @@ use crate::lock::{LockHeld, ObjectLock};
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
+use crate::state::Unassigned;
 use crate::state::{Queued, Sync};
-use crate::sync::Engine;
+use crate::sync::{Engine, Loose};
 use crate::timestamp::Millis;
 
 /// Events taken at a time (HubSpot's batch read takes 100 ids).
@@ -137,7 +138,10 @@ pub async fn drain_once(
             pass.waiting += events.len();
             continue;
         };
-        let sync = engine.state.sync(&object, &locks.destination).await?;
+        let sync = engine
+            .state
+            .sync(&object, &locks.destination, Unassigned::Leave)
+            .await?;
         let units = match fetch(engine, &sync, &events).await {
             Ok(units) => units,
             // A refused token or a used-up day fails every batch alike: stop rather
@@ -194,10 +198,11 @@ async fn failed(
 
 /// What one record of a batch hands the sink, and the events it settles.
 struct Unit {
-    /// Versions and timestamped tombstones.
+    /// Versions and timestamped tombstones (deletion events).
     versions: Vec<Record>,
-    /// Tombstones of records merged away (held live).
-    merged_away: Vec<Record>,
+    /// Tombstones of records HubSpot says are gone now: a changed record batch read
+    /// no longer finds, or one merged away (when held live).
+    gone: Vec<Record>,
     keys: Vec<String>,
 }
 
@@ -215,7 +220,7 @@ async fn fetch(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<Ve
             .entry(id)
             .or_insert_with(|| Unit {
                 versions: Vec::new(),
-                merged_away: Vec::new(),
+                gone: Vec::new(),
                 keys: Vec::new(),
             })
             .keys
@@ -270,12 +275,13 @@ async fn fetch(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<Ve
             EventKind::Change => match fetched.remove(&id) {
                 Some(record) => unit.versions.push(record),
                 None if absorbed.contains_key(&id) => {}
-                None => unit.versions.push(Record::tombstone(id, at, None)),
+                // Batch read says it is gone now, whatever the event's time.
+                None => unit.gone.push(Record::tombstone(id, at, None)),
             },
             EventKind::Deletion => unit.versions.push(Record::tombstone(id, at, None)),
             EventKind::Merged => {
                 merged_ids.push(id);
-                unit.merged_away
+                unit.gone
                     .push(Record::tombstone(id, at, into.map(RecordId)));
             }
         }
@@ -284,8 +290,9 @@ async fn fetch(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<Ve
     if !merged_ids.is_empty() {
         let held = engine.state.held(sync.id, &merged_ids).await?;
         for unit in units.values_mut() {
-            unit.merged_away
-                .retain(|r| held.get(&r.id).is_some_and(|h| !h.archived));
+            unit.gone.retain(|r| {
+                r.merged_into.is_none() || held.get(&r.id).is_some_and(|h| !h.archived)
+            });
         }
     }
     Ok(units.into_values().collect())
@@ -300,13 +307,13 @@ type Settling<'a> =
 /// rest of its batch. Returns the units that failed on their own, with why.
 fn settle<'a>(engine: &'a mut Engine, sync: &'a Sync, units: &'a [Unit]) -> Settling<'a> {
     Box::pin(async move {
-        let versions: Vec<Record> = units.iter().flat_map(|u| u.versions.clone()).collect();
-        let merged: Vec<Record> = units.iter().flat_map(|u| u.merged_away.clone()).collect();
+        let loose = Loose {
+            versions: units.iter().flat_map(|u| u.versions.clone()).collect(),
+            gone: units.iter().flat_map(|u| u.gone.clone()).collect(),
+            current: Vec::new(),
+        };
         let keys: Vec<String> = units.iter().flat_map(|u| u.keys.clone()).collect();
-        match engine
-            .deliver_loose(sync, &versions, merged, Some(&keys))
-            .await
-        {
+        match engine.deliver_loose(sync, loose, Some(&keys)).await {
             Ok(delivered) => {
                 tracing::debug!(object = %sync.object, events = keys.len(), delivered,
                     "webhook events delivered");

@@ -163,6 +163,11 @@ impl Cmd {
         self
     }
 
+    pub fn current_dir(mut self, dir: &Path) -> Cmd {
+        self.command.current_dir(dir);
+        self
+    }
+
     pub fn env_remove(mut self, key: &str) -> Cmd {
         self.command.env_remove(key);
         self

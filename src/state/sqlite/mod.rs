@@ -25,7 +25,7 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 
 use super::{
     Checkpoint, Held, LedgerEntry, Pass, QueueDepth, Queued, RecordsTable, RunId, Storage, Sync,
-    SyncId, SyncStatus,
+    SyncId, SyncStatus, Unassigned,
 };
 use crate::destination::Destination;
 use crate::object::ObjectType;
@@ -232,8 +232,13 @@ impl Storage for Sqlite {
         format!("state file {}", self.path.display())
     }
 
-    async fn sync(&self, object: &ObjectType, destination: &Destination) -> Result<Sync> {
-        self.write(|tx| syncs::sync(tx, object, destination))
+    async fn sync(
+        &self,
+        object: &ObjectType,
+        destination: &Destination,
+        unassigned: Unassigned,
+    ) -> Result<Sync> {
+        self.write(|tx| syncs::sync(tx, object, destination, unassigned))
     }
 
     async fn syncs(&self, object: Option<&ObjectType>) -> Result<Vec<Sync>> {

@@ -10,7 +10,7 @@ use super::windows;
 use crate::destination::{Destination, UNASSIGNED};
 use crate::object::ObjectType;
 use crate::properties::PropertySet;
-use crate::state::{Pass, Sync, SyncId};
+use crate::state::{Pass, Sync, SyncId, Unassigned};
 use crate::timestamp::Millis;
 
 const COLUMNS: &str = "id, object, destination, sink, cursor_ms, recheck_ms, swept_ms, properties";
@@ -40,9 +40,16 @@ fn find(conn: &Connection, object: &ObjectType, key: &str) -> Result<Option<Sync
 }
 
 /// The sync of `object` to `destination`, created (or adopted from `(unassigned)`).
-pub fn sync(tx: &Transaction<'_>, object: &ObjectType, destination: &Destination) -> Result<Sync> {
+pub fn sync(
+    tx: &Transaction<'_>,
+    object: &ObjectType,
+    destination: &Destination,
+    unassigned: Unassigned,
+) -> Result<Sync> {
     if let Some(found) = find(tx, object, destination.key())? {
         if !destination.sink().is_empty() && found.destination.sink() != destination.sink() {
+            tracing::info!(%object, %destination, was = found.destination.sink(), now = destination.sink(),
+                "the destination now delivers to another sink");
             tx.execute(
                 "UPDATE syncs SET sink = ?2 WHERE id = ?1",
                 params![found.id.0, destination.sink()],
@@ -50,15 +57,18 @@ pub fn sync(tx: &Transaction<'_>, object: &ObjectType, destination: &Destination
         }
         return Ok(found);
     }
-    let adopted = tx.execute(
-        "UPDATE syncs SET destination = ?3, sink = ?4 WHERE object = ?1 AND destination = ?2",
-        params![
-            object.as_str(),
-            UNASSIGNED,
-            destination.key(),
-            destination.sink()
-        ],
-    )?;
+    let adopted = match unassigned {
+        Unassigned::Claim => tx.execute(
+            "UPDATE syncs SET destination = ?3, sink = ?4 WHERE object = ?1 AND destination = ?2",
+            params![
+                object.as_str(),
+                UNASSIGNED,
+                destination.key(),
+                destination.sink()
+            ],
+        )?,
+        Unassigned::Leave => 0,
+    };
     if adopted > 0 {
         tracing::info!(%object, %destination,
             "this state file predates destinations: its state of {object} now belongs to {destination}");
@@ -95,9 +105,13 @@ pub fn set_properties(tx: &Transaction<'_>, sync: SyncId, properties: &PropertyS
 }
 
 pub fn set_cursor(tx: &Transaction<'_>, sync: SyncId, cursor: Millis) -> Result<()> {
+    // The trailing cursor never runs ahead of the main one, and a sweep time in the
+    // future (a clock that jumped) would hold the next sweep back: both follow.
     tx.execute(
-        "UPDATE syncs SET cursor_ms = ?2 WHERE id = ?1",
-        params![sync.0, cursor.0],
+        "UPDATE syncs SET cursor_ms = ?2, recheck_ms = MIN(recheck_ms, ?2),
+                          swept_ms = CASE WHEN swept_ms > ?3 THEN NULL ELSE swept_ms END
+         WHERE id = ?1",
+        params![sync.0, cursor.0, Millis::now().0],
     )?;
     windows::close(tx, sync, Pass::Main)
 }
