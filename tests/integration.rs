@@ -3,6 +3,8 @@
 
 mod support;
 
+mod attack;
+
 mod cli;
 mod contained;
 mod copy;

@@ -527,3 +527,167 @@ async fn a_change_to_a_record_gone_for_good_tombstones_it_whatever_its_time() {
     );
     serve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_record_does_not_hold_back_its_batch() {
+    let env = Env::contacts(20).await;
+    let loader = "exec:input=$(cat); \
+        if printf '%s' \"$input\" | grep -q '\"id\":\"7\"'; then echo 'cannot load 7' >&2; exit 3; fi; \
+        printf '%s\\n' \"$input\" >> out.jsonl";
+    let serve = Serve::start(&env, &["--sink", loader, "--dead-after", "2"]).await;
+    let at = Millis::now().0;
+    let deletions: Vec<Value> = (1..=20).map(|id| event(id, "deletion", at, id)).collect();
+    assert_eq!(serve.send(&Value::from(deletions).to_string()).await.0, 200);
+    eventually(Duration::from_secs(30), || {
+        env.lines("out.jsonl").len() == 19
+    })
+    .await;
+    let dead = || async { env.status().await["webhooks"]["dead"].as_u64().unwrap_or(0) };
+    let started = Instant::now();
+    while dead().await < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "7 never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<u64> = env
+        .lines("out.jsonl")
+        .iter()
+        .map(crate::support::id_of)
+        .collect();
+    assert!(!ids.contains(&7) && ids.len() == 19, "{ids:?}");
+    serve.stop().await;
+    let list = env
+        .cmd(&["dead-letters", "list", "--json"])
+        .run()
+        .await
+        .success();
+    let dead: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(
+        dead.as_array().unwrap().len(),
+        1,
+        "only 7's event: {dead:#}"
+    );
+    assert_eq!(dead[0]["id"], 7);
+    assert!(
+        dead[0]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("cannot load 7")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_state_file_exits_75() {
+    let env = Env::contacts(10).await;
+    let first = Serve::start(&env, &[]).await;
+    let second = env
+        .cmd(&["serve", "--listen", "127.0.0.1:0"])
+        .env("HUBSPOT_CLIENT_SECRET", SECRET)
+        .run()
+        .await
+        .code(75);
+    assert!(
+        second.error_line().contains("another martech-sync serve"),
+        "{}",
+        second.stderr
+    );
+    first.stop().await;
+}
+
+/// `/healthz`: the status and the JSON report.
+async fn health(serve: &Serve) -> (u16, Value) {
+    let response = reqwest::get(format!("{}/healthz", serve.base))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_goes_red_on_a_stalled_worker_and_a_locked_queue() {
+    let env = Env::contacts(10).await;
+    let serve = Serve::start(
+        &env,
+        &[
+            "--sink",
+            "exec:sleep 60",
+            "--health-stall",
+            "2s",
+            "--handler-timeout",
+            "5m",
+        ],
+    )
+    .await;
+    let (status, report) = health(&serve).await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["status"], "ok");
+    let body = json!([event(1, "creation", Millis::now().0, 1)]).to_string();
+    assert_eq!(serve.send(&body).await.0, 200);
+    // The handler hangs: the event waits, and after the stall time the check says so.
+    let started = Instant::now();
+    loop {
+        let (status, report) = health(&serve).await;
+        if status == 503 {
+            assert!(
+                report["problems"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("no progress"),
+                "{report:#}"
+            );
+            assert_eq!(report["queued"], 1);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never red: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // SIGTERM with the handler hung: out within ten seconds, the event still queued.
+    let started = Instant::now();
+    serve.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(env.status().await["webhooks"]["queued"], 1);
+
+    // A lock held past the busy timeout: the queue cannot be written.
+    let serve = Serve::start(&env, &[]).await;
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    loop {
+        let (status, report) = health(&serve).await;
+        if status == 503 {
+            assert!(
+                report["problems"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot be written"),
+                "{report:#}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never red: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        serve.send(&body).await.0,
+        503,
+        "no 200 for what cannot be queued"
+    );
+    conn.execute_batch("ROLLBACK").unwrap();
+    let started = Instant::now();
+    while health(&serve).await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never green again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    serve.stop().await;
+}

@@ -34,7 +34,8 @@ pub struct Reconciliation {
 struct Seen {
     /// The last write test's error, if it failed.
     unwritable: Option<String>,
-    /// The last enqueue's error, if it failed (cleared by the next success).
+    /// The last enqueue's error, if it failed (cleared by the next success, or the next
+    /// write test that goes through).
     enqueue_failed: Option<String>,
     depth: QueueDepth,
     checked: Option<Millis>,
@@ -102,6 +103,10 @@ impl Health {
             let depth = state.queue_depth().await;
             {
                 let mut seen = self.seen();
+                // A write that went through since: the queue takes writes again.
+                if writable.is_ok() {
+                    seen.enqueue_failed = None;
+                }
                 seen.unwritable = writable.err().map(|e| format!("{e:#}"));
                 match depth {
                     Ok(depth) => seen.depth = depth,

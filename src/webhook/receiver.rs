@@ -35,9 +35,12 @@ use crate::timestamp::Millis;
 /// HubSpot sends at most 100 events; anything near a mebibyte is not HubSpot.
 pub const MAX_BODY: usize = 1 << 20;
 /// Body bytes read at once across all requests: bounds memory whatever arrives.
-const BODY_BUDGET: usize = 32 << 20;
+const BODY_BUDGET: usize = 48 << 20;
 /// How long a request waits for room in the body budget before a 503.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
+/// How long a body may take to arrive once its headers did: HubSpot's are a few
+/// kilobytes, sent at once; a body that trickles holds the budget.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which signature versions are accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,12 +190,20 @@ async fn read_body(r: &Receiver, headers: &HeaderMap, body: Body) -> Result<Vec<
         );
         return Err((StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response());
     };
-    match http_body_util::Limited::new(body, declared).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let read = http_body_util::Limited::new(body, declared).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response())
         }
-        Err(_) => Err((StatusCode::BAD_REQUEST, "body cut short\n").into_response()),
+        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "body cut short\n").into_response()),
+        Err(_) => {
+            r.log.note(
+                "body-timeout",
+                "a webhook body did not arrive in time (408)",
+            );
+            Err((StatusCode::REQUEST_TIMEOUT, "body too slow\n").into_response())
+        }
     }
 }
 

@@ -54,7 +54,16 @@ impl Env {
 
     /// The binary with the state file, fake and token set in its environment.
     pub fn cmd(&self, args: &[&str]) -> Cmd {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_martech-sync"));
+        self.command(Command::new(env!("CARGO_BIN_EXE_martech-sync")), args)
+    }
+
+    /// `sh -c script` with the environment of [`Env::cmd`] (to start the binary under
+    /// a `ulimit`, say).
+    pub fn shell(&self, script: &str) -> Cmd {
+        self.command(Command::new("sh"), &["-c", script])
+    }
+
+    fn command(&self, mut command: Command, args: &[&str]) -> Cmd {
         command
             .args(args)
             .current_dir(self.dir.path())
