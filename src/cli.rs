@@ -142,12 +142,12 @@ pub struct PollArgs {
     pub object: String,
 
     /// Start the window here instead of at the cursor: RFC 3339, a date (2024-01-01),
-    /// epoch milliseconds, or an age (7d, 36h, 90m).
-    #[arg(long, value_name = "WHEN")]
+    /// epoch milliseconds, or an age (7d, 36h, 90m; -7d alike).
+    #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
     pub since: Option<String>,
 
     /// End the window here instead of at now minus --settle (same forms as --since).
-    #[arg(long, value_name = "WHEN")]
+    #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
     pub until: Option<String>,
 
     /// Where records go: sqlite (the state file's records table), jsonl:PATH (jsonl:- for
@@ -194,8 +194,9 @@ pub struct PollArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Keep running: one window every SECS seconds (also `5m`), missed ticks skipped.
-    /// SIGINT/SIGTERM stop after the page in hand, exit 0.
+    /// Keep running: one window every SECS seconds (also `5m`), missed ticks skipped; with
+    /// --since the first window starts there, later ones from the cursor. SIGINT/SIGTERM
+    /// stop after the page in hand, exit 0.
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub interval: Option<Duration>,
 
@@ -475,7 +476,7 @@ pub struct MockArgs {
 fn seconds(s: &str) -> Result<Duration, String> {
     let d = match s.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string())?,
+        Err(_) => duration(s)?,
     };
     if d.is_zero() {
         return Err("the interval must be longer than zero".into());
@@ -498,9 +499,10 @@ fn every(s: &str) -> Result<Every, String> {
 }
 
 /// Parses a duration such as `30s`, `5m`, `1h 30m` or `0`.
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+fn duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s)
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("`{s}` is not a duration: write it like 30s, 5m, 2h or 1h 30m"))
 }

@@ -376,9 +376,10 @@ fn poll(
         )));
     }
     let (sink, destination) = sink(args.sink.as_deref(), args.destination.as_deref())?;
-    if args.interval.is_some() && (bounds.since.is_some() || bounds.until.is_some()) {
+    if args.interval.is_some() && bounds.until.is_some() {
         return Err(usage(
-            "--interval runs windows from the cursor; it does not combine with --since or --until",
+            "--interval runs windows up to now; it does not combine with --until \
+             (--since starts its first window)",
         ));
     }
     if args.json && sink.as_ref().is_some_and(SinkSpec::uses_stdout) {
@@ -423,12 +424,9 @@ fn poll(
         client,
         json: args.json,
         interval: args.interval,
-        // A bar redrawn for hours in continuous mode is noise, not progress.
-        progress: if args.interval.is_some() {
-            ProgressMode::Hidden
-        } else {
-            ProgressMode::detect(global.quiet)
-        },
+        // On a terminal: a bar for any window that runs a couple of seconds (continuous
+        // mode's first backfill included), and a summary line after each.
+        progress: ProgressMode::detect(global.quiet),
     })
 }
 

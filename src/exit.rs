@@ -2,7 +2,8 @@
 //! may fix it); 2 usage error; 3 `verify` found drift it did not repair; 75 another run of
 //! the same sync holds the lock (EX_TEMPFAIL, so cron wrappers can tell "busy" from
 //! "broken"); 78 configuration error no rerun fixes (EX_CONFIG: a missing state
-//! directory, a file that is not a state file, a newer schema).
+//! directory, a file that is not a state file, a newer schema, a sink that cannot be
+//! opened); 130 a second stop signal (see `shutdown.rs`).
 
 use std::io::ErrorKind;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use crate::command::verify::DriftFound;
 use crate::config::UsageError;
 use crate::lock::{LockHeld, NoStateDir, ServeHeld};
+use crate::sink::SinkUnusable;
 use crate::state::sqlite::{NewerSchema, NotAStateFile};
 use crate::sync::NeedsRefresh;
 use crate::window::PlanError;
@@ -47,7 +49,12 @@ pub fn code(err: &anyhow::Error) -> u8 {
         LOCKED
     } else if any(&|e| e.is::<DriftFound>()) {
         DRIFT
-    } else if any(&|e| e.is::<NotAStateFile>() || e.is::<NewerSchema>() || e.is::<NoStateDir>()) {
+    } else if any(&|e| {
+        e.is::<NotAStateFile>()
+            || e.is::<NewerSchema>()
+            || e.is::<NoStateDir>()
+            || e.is::<SinkUnusable>()
+    }) {
         CONFIG
     } else {
         FAILED

@@ -1,6 +1,7 @@
-//! Logs: tracing to stderr, text or JSON. From a terminal the default level is INFO;
-//! from cron or a pipe it is WARN, so a healthy cron job mails nothing. `-v` steps up,
-//! `-q` keeps only errors. Data never goes to stderr, and the token never to either.
+//! Logs: tracing to stderr, text or JSON. The default level is WARN, so a healthy cron
+//! job mails nothing; on a terminal a run ends with one summary line instead (see
+//! `progress.rs`). `-v` steps up, `-q` keeps only errors. Data never goes to stderr, and
+//! the token never to either.
 
 use std::io::IsTerminal;
 
@@ -15,8 +16,7 @@ pub fn init(config: LogConfig) {
     let interactive = std::io::stderr().is_terminal();
     let filter = match (config.quiet, config.verbose, interactive) {
         (true, _, _) => "error",
-        (false, 0, true) => "martech_sync=info,warn",
-        (false, 0, false) => "warn",
+        (false, 0, _) => "warn",
         (false, 1, _) => "martech_sync=info,warn",
         (false, 2, _) => "martech_sync=debug,info",
         (false, 3, _) => "martech_sync=trace,info",

@@ -72,6 +72,10 @@ pub struct PollJob {
     pub deletes_every: Option<Duration>,
 }
 
+/// A run with this many retries or 429s (and at least a tenth of its requests) says so
+/// at WARN; fewer are routine, on an account shared with other apps above all.
+const RETRIES_WARN: u64 = 10;
+
 /// How long the property list of `--all-properties` is reused.
 const PROPERTY_LIST_AGE: Duration = Duration::from_secs(86_400);
 
@@ -292,6 +296,18 @@ impl Engine {
             finished.report.error = Some(format!("{error:#}"));
             finished.error = Some(error);
         }
+        let report = &finished.report;
+        if report.rate_limited >= RETRIES_WARN && report.rate_limited * 10 >= report.requests {
+            tracing::warn!(object = %job.object, rate_limited = report.rate_limited,
+                requests = report.requests,
+                "{} of {} requests were rate-limited (429): other apps may share the account's \
+                 search limit; lower --rate-limit", report.rate_limited, report.requests);
+        } else if report.retries >= RETRIES_WARN && report.retries * 10 >= report.requests {
+            tracing::warn!(object = %job.object, retries = report.retries,
+                requests = report.requests,
+                "{} of {} requests needed a retry: HubSpot or the network is struggling (-v shows each)",
+                report.retries, report.requests);
+        }
         // The main window's row keeps the whole run's summary, for `status`.
         if let Some(run) = finished.run {
             self.state.finish_run(run, &finished.report).await?;
@@ -446,6 +462,7 @@ impl Engine {
         shutdown: &Shutdown,
     ) -> Result<Finished> {
         let object = &job.object;
+        let mut start = crate::progress::Start::default();
         let (window, slices, resumed, refresh) = match plan {
             Plan::Fresh(w) => (
                 w,
@@ -453,7 +470,13 @@ impl Engine {
                 false,
                 properties.refresh && pass == Pass::Main,
             ),
-            Plan::Resume(o) => (o.window, o.slices, true, o.refresh),
+            Plan::Resume(o) => {
+                start = crate::progress::Start {
+                    total: o.total,
+                    seen: o.seen,
+                };
+                (o.window, o.slices, true, o.refresh)
+            }
             Plan::Empty(w) => {
                 let mut report = RunReport::start(object, job.destination.key(), w, false);
                 report.finish(Outcome::Empty, None);
@@ -486,7 +509,7 @@ impl Engine {
         let retries_before = counters.retries.load(Ordering::Relaxed);
         let limited_before = counters.rate_limited.load(Ordering::Relaxed);
 
-        let progress = Progress::start(self.progress, object.as_str());
+        let mut progress = Progress::start(self.progress, object.as_str(), start);
         let scan = Scan {
             client: &self.client,
             state: &self.state,
@@ -497,7 +520,7 @@ impl Engine {
             refresh,
             window,
             shutdown,
-            progress: &progress,
+            progress: &mut progress,
             search: &properties.search,
             hydrate: properties.hydrate.clone(),
         };
@@ -731,7 +754,7 @@ struct Scan<'a> {
     refresh: bool,
     window: Window,
     shutdown: &'a Shutdown,
-    progress: &'a Progress,
+    progress: &'a mut Progress,
     search: &'a [String],
     /// With `--all-properties`, the properties batch read fetches for each page.
     hydrate: Option<Arc<[String]>>,
@@ -920,10 +943,13 @@ impl Scan<'_> {
         let skipped = page.records.len() - fresh.len();
         let delivered: Vec<&Record> = fresh.into_iter().chain(&merged).collect();
         self.sink.deliver(object, &delivered).await?;
+        let first = report.pages == 0 && !report.resumed;
         let checkpoint = Checkpoint {
             slice,
             last_id: page.last_id,
             done: !page.more,
+            records: page.records.len() as u64,
+            total: page.total.filter(|_| first),
         };
         self.state
             .commit_page(

@@ -57,7 +57,9 @@ impl Millis {
             let midnight = date.and_hms_opt(0, 0, 0)?.and_utc();
             return Some(Millis(midnight.timestamp_millis()));
         }
-        humantime::parse_duration(s.trim())
+        // An age, with or without a leading minus (`-7d` reads as "7 days ago" too).
+        let age = s.trim().strip_prefix('-').unwrap_or(s.trim());
+        humantime::parse_duration(age)
             .ok()
             .map(|age| now.minus(age))
     }
@@ -96,6 +98,7 @@ mod tests {
             ("7d", Some(1_700_000_000_000 - 7 * 86_400_000)),
             ("36h", Some(1_700_000_000_000 - 36 * 3_600_000)),
             ("90m", Some(1_700_000_000_000 - 90 * 60_000)),
+            ("-7d", Some(1_700_000_000_000 - 7 * 86_400_000)),
             ("yesterday", None),
             ("", None),
         ];

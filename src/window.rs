@@ -32,6 +32,10 @@ pub struct OpenWindow {
     pub slices: Vec<Slice>,
     /// Whether it re-delivers the destination's whole history (`--refresh`).
     pub refresh: bool,
+    /// Records scanned so far, and how many its first page said it holds: where a
+    /// resumed run's progress starts.
+    pub seen: u64,
+    pub total: Option<u64>,
 }
 
 /// An id range of a window, `after < id ≤ upto`, scanned by keyed pages on its own. Every
@@ -267,6 +271,8 @@ mod tests {
                 ..Slice::WHOLE
             }],
             refresh: false,
+            seen: 0,
+            total: None,
         };
         let refreshing = OpenWindow {
             refresh: true,
@@ -397,6 +403,8 @@ mod tests {
             window: w(1_000, 5_000),
             slices: vec![Slice::WHOLE],
             refresh: true,
+            seen: 0,
+            total: None,
         };
         let since = Ask {
             bounds: Bounds {
@@ -420,6 +428,8 @@ mod tests {
             window: w(1, 2),
             slices: vec![Slice::WHOLE],
             refresh: false,
+            seen: 0,
+            total: None,
         };
         type Case = (
             &'static str,

@@ -11,4 +11,5 @@ mod copy;
 mod engine;
 mod faults;
 mod snapshots;
+mod terminal;
 mod webhooks;

@@ -13,7 +13,8 @@ fn settings(env: &Env) -> insta::Settings {
     s.set_prepend_module_to_snapshot(false);
     let dir = env.dir.path().display().to_string();
     s.add_filter(&regex_escape(&dir), "[DIR]");
-    s.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", "[TIME]");
+    s.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z", "[TIME]");
+    s.add_filter(r"\b\d+[smhd] ago", "[AGO]");
     s.add_filter(r"\b1[0-9]{12}\b", "[MS]");
     s.add_filter(
         r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}",

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use super::resolve_sink;
 use crate::config::PollConfig;
 use crate::lock::ObjectLock;
+use crate::progress::{ProgressMode, summary_line};
 use crate::report::{Outcome, RunReport};
 use crate::shutdown::Shutdown;
 use crate::sync::{Engine, Finished, PollJob};
@@ -78,6 +79,9 @@ pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
 }
 
 fn print_summary(config: &PollConfig, report: &RunReport) -> Result<()> {
+    if config.progress == ProgressMode::Bar && report.outcome != crate::report::Outcome::Failed {
+        eprintln!("{}", summary_line(report));
+    }
     if config.json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, report)?;

@@ -8,7 +8,9 @@ use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::config::StatusConfig;
-use crate::state::{self, QueueDepth, SyncStatus};
+use crate::progress::plural;
+use crate::report::Outcome;
+use crate::state::{self, OpenWindowStatus, QueueDepth, SyncStatus};
 use crate::timestamp::Millis;
 
 /// A cursor further ahead of the clock than this is a clock that jumped: stale.
@@ -53,7 +55,7 @@ pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
                 format!(
                     "{} ({} old)",
                     name(o),
-                    age(now.0 - o.cursor_ms.unwrap_or(0))
+                    ago(now.0 - o.cursor_ms.unwrap_or(0))
                 )
             })
             .collect();
@@ -64,7 +66,7 @@ pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
                 format!(
                     "{} (cursor {} in the future: did the clock jump?)",
                     name(o),
-                    age(o.cursor_ms.unwrap_or(0) - now.0)
+                    ago(o.cursor_ms.unwrap_or(0) - now.0)
                 )
             })
             .collect();
@@ -100,62 +102,24 @@ fn print(
         writeln!(out)?;
         return Ok(());
     }
-    if objects.is_empty() {
-        writeln!(out, "No syncs yet in {}.", db.display())?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{:<12} {:<24} {:<25} {:>9}  {:<34} LAST RUN",
-        "OBJECT", "DESTINATION", "CURSOR", "AGE", "OPEN WINDOW"
-    )?;
-    for s in objects {
-        let (cursor, age) = match s.cursor_ms {
-            Some(ms) => (local(Millis(ms)), age(now.0 - ms)),
-            None => ("never committed".to_owned(), "-".to_owned()),
-        };
-        let open = s.open_window.as_ref().map_or_else(
-            || "-".to_owned(),
-            |w| match &w.last_id {
-                Some(id) => format!("{} pages, after id {id}", w.pages),
-                None => format!(
-                    "{} pages, {}/{} slices done",
-                    w.pages,
-                    w.slices.iter().filter(|s| s.done).count(),
-                    w.slices.len()
-                ),
-            },
-        );
-        let last = s.last_run.as_ref().map_or_else(
-            || "-".to_owned(),
-            |r| {
-                let mut line = format!(
-                    "{} {} ({} delivered, {} pages, {})",
-                    r.outcome.as_str(),
-                    r.ended_at
-                        .as_deref()
-                        .or(Some(&r.started_at))
-                        .and_then(Millis::parse_hubspot)
-                        .map_or_else(|| "-".to_owned(), local),
-                    r.delivered,
-                    r.pages,
-                    r.duration_ms.map_or_else(
-                        || "running".to_owned(),
-                        |ms| format!("{:.1} s", ms as f64 / 1000.0)
-                    )
-                );
-                if let Some(e) = &r.error {
-                    line.push_str(": ");
-                    line.push_str(e);
+    match (&config.object, objects.is_empty()) {
+        (Some(object), true) => {
+            writeln!(out, "{object} has never been synced in {}.", db.display())?;
+            return Ok(());
+        }
+        (None, true) => {
+            writeln!(out, "No syncs yet in {}.", db.display())?;
+            return Ok(());
+        }
+        (Some(_), false) => {
+            for (i, s) in objects.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out)?;
                 }
-                line
-            },
-        );
-        writeln!(
-            out,
-            "{:<12} {:<24} {cursor:<25} {age:>9}  {open:<34} {last}",
-            s.object, s.destination
-        )?;
+                detail(&mut out, s, now)?;
+            }
+        }
+        (None, false) => table(&mut out, objects, now)?,
     }
     if webhooks.queued + webhooks.dead > 0 {
         writeln!(
@@ -167,25 +131,186 @@ fn print(
     Ok(())
 }
 
-/// An instant in the machine's local time, as people read the table.
-fn local(t: Millis) -> String {
+/// The width the table keeps within.
+pub const WIDTH: usize = 100;
+
+/// One line per (object, destination), within [`WIDTH`] columns.
+fn table(out: &mut impl Write, objects: &[SyncStatus], now: Millis) -> Result<()> {
+    const OBJECT: usize = 10;
+    const DESTINATION: usize = 22;
+    const CURSOR: usize = 20;
+    const AGE: usize = 5;
+    const LAST: usize = WIDTH - OBJECT - DESTINATION - CURSOR - AGE - 5;
+    writeln!(
+        out,
+        "{:<OBJECT$} {:<DESTINATION$} {:<CURSOR$} {:>AGE$}  LAST RUN",
+        "OBJECT", "DESTINATION", "CURSOR", "AGE"
+    )?;
+    for s in objects {
+        let (cursor, age) = match s.cursor_ms {
+            Some(ms) => (instant(Millis(ms)), ago(now.0 - ms)),
+            None => ("never committed".to_owned(), "-".to_owned()),
+        };
+        writeln!(
+            out,
+            "{:<OBJECT$} {:<DESTINATION$} {cursor:<CURSOR$} {age:>AGE$}  {}",
+            cut(&s.object, OBJECT),
+            cut(&s.destination, DESTINATION),
+            cut(&last_run(s, now), LAST),
+        )?;
+    }
+    Ok(())
+}
+
+/// Everything about one sync, errors whole.
+fn detail(out: &mut impl Write, s: &SyncStatus, now: Millis) -> Result<()> {
+    let when = |ms: Option<i64>| {
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("{} ({} ago)", instant(Millis(ms)), ago(now.0 - ms)),
+        )
+    };
+    writeln!(out, "{} -> {}", s.object, s.destination)?;
+    if s.sink != s.destination && !s.sink.is_empty() {
+        writeln!(out, "  sink            {}", s.sink)?;
+    }
+    let cursor = match s.cursor_ms {
+        Some(_) => when(s.cursor_ms),
+        None => "never committed".to_owned(),
+    };
+    writeln!(out, "  cursor          {cursor}")?;
+    writeln!(out, "  recheck cursor  {}", when(s.recheck_cursor_ms))?;
+    let swept = s
+        .deletes_checked_at
+        .as_deref()
+        .and_then(Millis::parse_hubspot)
+        .map(|t| t.0);
+    let swept = match swept {
+        Some(_) => format!("swept {}", when(swept)),
+        None => "never swept".to_owned(),
+    };
+    writeln!(out, "  deletions       {swept}")?;
+    if let Some(w) = &s.open_window {
+        writeln!(out, "  open window     {}", open_window(w))?;
+    }
+    if let Some(r) = &s.last_run {
+        let ended = r
+            .ended_at
+            .as_deref()
+            .and_then(Millis::parse_hubspot)
+            .map_or_else(|| "running".to_owned(), |t| when(Some(t.0)));
+        writeln!(
+            out,
+            "  last run        {} {ended}: {} delivered, {} skipped, {}",
+            r.outcome.as_str(),
+            r.delivered,
+            r.skipped,
+            plural(r.pages, "page", "pages")
+        )?;
+        writeln!(
+            out,
+            "                  window {} .. {}, {} requests, {} retries, {} rate-limited",
+            instant(Millis(r.window.lo_ms)),
+            instant(Millis(r.window.hi_ms)),
+            r.requests,
+            r.retries,
+            r.rate_limited
+        )?;
+        if let Some(error) = &r.error {
+            writeln!(out, "  error           {error}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The last run in a few words, live counts for one still running.
+fn last_run(s: &SyncStatus, now: Millis) -> String {
+    let Some(r) = &s.last_run else {
+        return match &s.open_window {
+            Some(w) => open_window(w),
+            None => "-".to_owned(),
+        };
+    };
+    let ended = r
+        .ended_at
+        .as_deref()
+        .or(Some(&r.started_at))
+        .and_then(Millis::parse_hubspot)
+        .map_or_else(|| "-".to_owned(), |t| format!("{} ago", ago(now.0 - t.0)));
+    if r.outcome == Outcome::Running {
+        let counts = s
+            .open_window
+            .as_ref()
+            .map_or_else(String::new, |w| format!(": {}", open_window(w)));
+        let started = Millis::parse_hubspot(&r.started_at)
+            .map_or_else(|| "-".to_owned(), |t| ago(now.0 - t.0));
+        return format!("running for {started}{counts}");
+    }
+    let mut line = format!(
+        "{} {ended}: {} delivered, {}",
+        r.outcome.as_str(),
+        r.delivered,
+        plural(r.pages, "page", "pages")
+    );
+    if let Some(error) = &r.error {
+        // One line: the whole error is in `status OBJECT` and `--json`.
+        let first = error.lines().next().unwrap_or_default();
+        line = format!("{} {ended}: {first}", r.outcome.as_str());
+    } else if let Some(w) = &s.open_window {
+        line.push_str(&format!("; open: {}", open_window(w)));
+    }
+    line
+}
+
+/// An open window's progress.
+fn open_window(w: &OpenWindowStatus) -> String {
+    let of = w.total.map_or_else(String::new, |t| format!(" of {t}"));
+    format!(
+        "{} {}, {}{of} records ({})",
+        w.pass,
+        plural(w.pages, "page", "pages"),
+        w.seen,
+        if w.refresh { "refresh" } else { "resumes" }
+    )
+}
+
+/// `s` within `width` characters, cut with `…`.
+fn cut(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_owned();
+    }
+    let mut kept: String = s.chars().take(width.saturating_sub(1)).collect();
+    kept.push('…');
+    kept
+}
+
+/// An instant as RFC 3339, to the second.
+fn instant(t: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(t.0).map_or_else(
         || t.to_string(),
-        |utc| {
-            utc.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S%:z")
-                .to_string()
-        },
+        |utc| utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     )
 }
 
 /// A short age: `42s`, `5m`, `3h`, `2d`.
-fn age(ms: i64) -> String {
+fn ago(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     match s {
         0..60 => format!("{s}s"),
         60..3_600 => format!("{}m", s / 60),
         3_600..86_400 => format!("{}h", s / 3_600),
         _ => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn cuts_to_the_width_on_char_boundaries() {
+        assert_eq!(cut("contacts", 10), "contacts");
+        assert_eq!(cut("jsonl:/tmp/é/very/long", 8), "jsonl:/…");
+        assert_eq!(cut("jsonl:/tmp/é/very/long", 8).chars().count(), 8);
     }
 }

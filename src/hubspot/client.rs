@@ -186,10 +186,11 @@ impl Client {
                 return Err(anyhow::Error::new(error)
                     .context(format!("giving up on {path} after {attempt} attempts")));
             }
-            if started.elapsed() + wait > self.retry.budget {
+            let budget = self.retry.budget_for(cause);
+            if started.elapsed() + wait > budget {
                 return Err(anyhow::Error::new(error).context(format!(
                     "giving up on {path}: the retry budget of {} would run out",
-                    humantime::format_duration(self.retry.budget)
+                    humantime::format_duration(budget)
                 )));
             }
             if limited {
@@ -197,12 +198,11 @@ impl Client {
                 let mut cooldown = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
                 *cooldown = Some(cooldown.map_or(until, |c| c.max(until)));
             }
-            tracing::warn!(
-                attempt,
-                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                reason = %error,
-                "retrying HubSpot request"
-            );
+            // A retry that works is routine (a 429 on a shared account, a 502 at the
+            // edge): INFO. The run counts them and warns when there are many (see
+            // `sync.rs`); one that gives up is the run's error line.
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(attempt, wait_ms, reason = %error, "retrying HubSpot request");
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(wait).await;
         }
@@ -232,7 +232,7 @@ impl Client {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-        let response = request.send().await.map_err(transport)?;
+        let response = request.send().await.map_err(|e| transport(url, e))?;
         let status = response.status();
         let headers = response.headers();
         let header = |name: &str| {
@@ -248,7 +248,7 @@ impl Client {
         let retry_after = header(RETRY_AFTER.as_str())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|secs| Duration::from_secs(secs.min(86_400)));
-        let bytes = response.bytes().await.map_err(transport)?;
+        let bytes = response.bytes().await.map_err(|e| transport(url, e))?;
         if !status.is_success() {
             let body = serde_json::from_slice::<ErrorBody>(&bytes)
                 .ok()
@@ -292,7 +292,7 @@ fn quota(per_second: f64) -> Quota {
         .allow_burst(NonZeroU32::MIN)
 }
 
-fn transport(source: reqwest::Error) -> ApiError {
+fn transport(url: &str, source: reqwest::Error) -> ApiError {
     let what = if source.is_timeout() {
         "timed out"
     } else if source.is_connect() {
@@ -302,7 +302,8 @@ fn transport(source: reqwest::Error) -> ApiError {
     } else {
         "connection failed"
     };
-    ApiError::Transport { what, source }
+    let url = url.split_once('?').map_or(url, |(path, _)| path).to_owned();
+    ApiError::Transport { what, url, source }
 }
 
 /// The first line or so of a body that is not HubSpot's JSON, for the error message.

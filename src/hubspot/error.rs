@@ -31,9 +31,11 @@ pub enum ApiError {
         retry_after: Option<Duration>,
     },
     /// No complete answer: connection refused or reset, timeout, a body cut short.
-    #[error("no complete answer from HubSpot ({what})")]
+    #[error("no complete answer from HubSpot at {url} ({what})")]
     Transport {
         what: &'static str,
+        /// Where the request went (the base URL and path, no query).
+        url: String,
         #[source]
         source: reqwest::Error,
     },
@@ -62,6 +64,9 @@ pub enum RetryCause {
     ServerError,
     /// Timeouts, resets, truncated bodies.
     Transport,
+    /// No connection at all (refused, no route, DNS): given up on within a minute, since
+    /// a wrong --base-url or a down network rarely fixes itself in the retry budget.
+    Unreachable,
 }
 
 impl ApiError {
@@ -88,6 +93,9 @@ impl ApiError {
                 ..
             } => Some(RetryCause::ServerError),
             ApiError::Status { .. } | ApiError::Malformed { .. } => None,
+            ApiError::Transport { source, .. } if source.is_connect() => {
+                Some(RetryCause::Unreachable)
+            }
             ApiError::Transport { .. } => Some(RetryCause::Transport),
         }
     }

@@ -20,7 +20,19 @@ pub struct RetryPolicy {
 /// No single wait is longer than this, whatever the attempt number.
 const MAX_STEP: Duration = Duration::from_secs(60);
 
+/// How long a request keeps trying when it cannot connect at all.
+pub const UNREACHABLE_BUDGET: Duration = Duration::from_secs(60);
+
 impl RetryPolicy {
+    /// The time one request may spend retrying for `cause`: the budget, but at most a
+    /// minute when HubSpot cannot be reached at all.
+    pub fn budget_for(&self, cause: RetryCause) -> Duration {
+        match cause {
+            RetryCause::Unreachable => self.budget.min(UNREACHABLE_BUDGET),
+            _ => self.budget,
+        }
+    }
+
     /// The wait before the retry that follows failed attempt `attempt` (1-based), with
     /// `jitter` in `[0, 1)` spreading the waits of concurrent clients. `Retry-After` wins
     /// when HubSpot sent one.
@@ -34,7 +46,9 @@ impl RetryPolicy {
         let floor = match cause {
             RetryCause::RateLimited => self.base,
             RetryCause::BurstLimited => self.base.saturating_mul(10),
-            RetryCause::ServerError | RetryCause::Transport => Duration::ZERO,
+            RetryCause::ServerError | RetryCause::Transport | RetryCause::Unreachable => {
+                Duration::ZERO
+            }
         };
         // HubSpot's wait wins, but never below our floor: `Retry-After: 0` on a 429
         // would otherwise hammer the limit.
@@ -82,5 +96,7 @@ mod tests {
                 "{attempt} {cause:?}"
             );
         }
+        assert_eq!(p.budget_for(RetryCause::Unreachable), s(60));
+        assert_eq!(p.budget_for(RetryCause::Transport), s(300));
     }
 }

@@ -43,7 +43,10 @@ impl JsonlSink {
                     .append(true)
                     .mode(0o600)
                     .open(path)
-                    .with_context(|| format!("opening {} for the jsonl sink", path.display()))?;
+                    .map_err(|e| super::SinkUnusable {
+                        sink: format!("jsonl:{}", path.display()),
+                        why: e.to_string(),
+                    })?;
                 let cut = cut_partial_line(&mut file)
                     .with_context(|| format!("repairing the end of {}", path.display()))?;
                 if cut > 0 {

@@ -66,6 +66,15 @@ pub enum JsonlTarget {
     File(PathBuf),
 }
 
+/// A sink that cannot be opened at all (a jsonl file in a missing or read-only
+/// directory): exits 78, since no rerun fixes it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use the sink {sink}: {why}")]
+pub struct SinkUnusable {
+    pub sink: String,
+    pub why: String,
+}
+
 /// A `--sink` value that is none of the forms.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown sink `{0}`: use sqlite, jsonl:PATH (jsonl:- for stdout) or exec:COMMAND")]

@@ -141,6 +141,10 @@ pub struct Checkpoint {
     pub last_id: Option<RecordId>,
     /// Whether this was the slice's last page.
     pub done: bool,
+    /// Records the page held (for progress).
+    pub records: u64,
+    /// What the window's first page said it holds (for progress), if this is it.
+    pub total: Option<u64>,
 }
 
 /// Whether the default sink's records go into the same transaction as the ledger.
@@ -180,6 +184,9 @@ pub struct OpenWindowStatus {
     /// The checkpoint while the window is one slice.
     pub last_id: Option<String>,
     pub pages: u64,
+    /// Records scanned so far, and how many the window holds.
+    pub seen: u64,
+    pub total: Option<u64>,
     pub refresh: bool,
     pub slices: Vec<SliceStatus>,
 }

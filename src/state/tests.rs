@@ -62,6 +62,8 @@ async fn the_ledger_keeps_the_newest_version_and_tombstones_win_ties() {
             slice: 0,
             last_id: Some(RecordId(2)),
             done: false,
+            records: 2,
+            total: Some(2),
         };
         state
             .commit_page(sync.id, Pass::Main, checkpoint, &refs, RecordsTable::Write)
@@ -115,6 +117,8 @@ async fn a_window_with_an_unfinished_slice_does_not_commit() {
             slice: 0,
             last_id: None,
             done: true,
+            records: 0,
+            total: None,
         };
         state
             .commit_page(sync.id, Pass::Main, last, &[], RecordsTable::Write)
@@ -151,6 +155,8 @@ async fn destinations_have_their_own_cursors_windows_and_ledgers() {
             slice: 0,
             last_id: Some(RecordId(1)),
             done: true,
+            records: 1,
+            total: None,
         };
         state
             .commit_page(sqlite.id, Pass::Main, done, &[&one], RecordsTable::Write)

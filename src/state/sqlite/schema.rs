@@ -134,6 +134,8 @@ pub const MIGRATIONS: &[&str] = &[
         pages     INTEGER NOT NULL DEFAULT 0,
         opened_ms INTEGER NOT NULL,
         refresh   INTEGER NOT NULL DEFAULT 0,
+        seen      INTEGER NOT NULL DEFAULT 0,
+        total     INTEGER,
         PRIMARY KEY (sync, pass)
     ) WITHOUT ROWID;
     INSERT INTO pass_windows (sync, pass, lo_ms, hi_ms, pages, opened_ms)

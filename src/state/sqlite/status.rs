@@ -25,6 +25,8 @@ pub fn all(conn: &Connection) -> Result<Vec<SyncStatus>> {
                             _ => None,
                         },
                         pages,
+                        seen: open.seen,
+                        total: open.total,
                         refresh: open.refresh,
                         slices: open.slices.iter().map(SliceStatus::from).collect(),
                     });

@@ -13,7 +13,7 @@ use crate::window::{OpenWindow, Slice, Window};
 pub fn open_window(conn: &Connection, sync: SyncId, pass: Pass) -> Result<Option<OpenWindow>> {
     let window = conn
         .query_row(
-            "SELECT lo_ms, hi_ms, refresh FROM windows WHERE sync = ?1 AND pass = ?2",
+            "SELECT lo_ms, hi_ms, refresh, seen, total FROM windows WHERE sync = ?1 AND pass = ?2",
             params![sync.0, pass.as_str()],
             |r| {
                 Ok((
@@ -22,17 +22,21 @@ pub fn open_window(conn: &Connection, sync: SyncId, pass: Pass) -> Result<Option
                         hi: Millis(r.get(1)?),
                     },
                     r.get::<_, bool>(2)?,
+                    r.get::<_, u64>(3)?,
+                    r.get::<_, Option<u64>>(4)?,
                 ))
             },
         )
         .optional()?;
-    let Some((window, refresh)) = window else {
+    let Some((window, refresh, seen, total)) = window else {
         return Ok(None);
     };
     Ok(Some(OpenWindow {
         window,
         slices: slices(conn, sync, pass)?,
         refresh,
+        seen,
+        total,
     }))
 }
 
@@ -143,8 +147,9 @@ pub fn checkpoint(
         ],
     )?;
     tx.execute(
-        "UPDATE windows SET pages = pages + 1 WHERE sync = ?1 AND pass = ?2",
-        params![sync.0, pass.as_str()],
+        "UPDATE windows SET pages = pages + 1, seen = seen + ?3, total = COALESCE(total, ?4)
+         WHERE sync = ?1 AND pass = ?2",
+        params![sync.0, pass.as_str(), checkpoint.records, checkpoint.total],
     )?;
     Ok(())
 }
