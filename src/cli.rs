@@ -42,13 +42,14 @@ pub struct GlobalArgs {
     #[arg(long, env = "HUBSPOT_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 
-    /// Read the token from this file (one line; keep it 0600).
-    #[arg(long, value_name = "PATH", global = true, conflicts_with = "token")]
+    /// Read the token from this file (one line; keep it 0600). It wins over
+    /// HUBSPOT_TOKEN.
+    #[arg(long, value_name = "PATH", global = true)]
     pub token_file: Option<PathBuf>,
 
     /// Kill an exec: handler that runs longer than this on one page, and fail the page
     /// (it is retried like any failure).
-    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = duration, global = true)]
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = positive, global = true)]
     pub handler_timeout: Duration,
 
     /// HubSpot API base URL.
@@ -248,16 +249,12 @@ pub struct ServeArgs {
 
     /// The app's client secret, which HubSpot signs webhooks with. Prefer the environment
     /// variable or --client-secret-file: command lines are visible in `ps`.
-    #[arg(
-        long,
-        env = "HUBSPOT_CLIENT_SECRET",
-        hide_env_values = true,
-        required_unless_present = "client_secret_file"
-    )]
+    #[arg(long, env = "HUBSPOT_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<String>,
 
-    /// Read the client secret from this file (one line; keep it 0600).
-    #[arg(long, value_name = "PATH", conflicts_with = "client_secret")]
+    /// Read the client secret from this file (one line; keep it 0600). It wins over
+    /// HUBSPOT_CLIENT_SECRET. One of the two is required.
+    #[arg(long, value_name = "PATH")]
     pub client_secret_file: Option<PathBuf>,
 
     /// Most connections open at once; at the cap, idle ones (no request in flight) are
@@ -267,7 +264,7 @@ pub struct ServeArgs {
 
     /// /healthz answers 503 when due webhook events have waited this long without the
     /// worker making progress (a hung handler, say).
-    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = duration)]
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = positive)]
     pub health_stall: Duration,
 
     /// The URL HubSpot calls (and signs), when a proxy sits in front
@@ -433,7 +430,7 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 0)]
     pub port: u16,
 
-    /// How many generated contacts to serve (besides --seed's).
+    /// How many generated records of every object to serve (contacts besides --seed's).
     #[arg(long, default_value_t = 1_000)]
     pub records: u64,
 
@@ -470,6 +467,14 @@ pub struct MockArgs {
     /// How many contacts each --modify-every tick modifies.
     #[arg(long, default_value_t = 10)]
     pub modify_count: u64,
+
+    /// Every this long, delete (archive) a random contact, as a user in HubSpot would.
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub delete_every: Option<Duration>,
+
+    /// Every this long, merge two random contacts into a new one.
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub merge_every: Option<Duration>,
 }
 
 /// Parses `--interval`: whole seconds, or a duration such as `5m`.
@@ -498,11 +503,20 @@ fn every(s: &str) -> Result<Every, String> {
     }
 }
 
+/// Parses a duration longer than zero.
+fn positive(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero (30s, 5m, 2h)".to_owned()),
+        d => Ok(d),
+    }
+}
+
 /// Parses a duration such as `30s`, `5m`, `1h 30m` or `0`.
 fn duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s.trim())
-        .map_err(|_| format!("`{s}` is not a duration: write it like 30s, 5m, 2h or 1h 30m"))
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("`{s}` is not a duration: write it with a unit, like 30s, 5m, 2h or 1h 30m")
+    })
 }

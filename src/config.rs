@@ -130,6 +130,8 @@ pub struct MockConfig {
     pub lag: std::time::Duration,
     pub error_rate: f64,
     pub modify: Option<(std::time::Duration, u64)>,
+    pub delete_every: Option<std::time::Duration>,
+    pub merge_every: Option<std::time::Duration>,
 }
 
 /// `poll`.
@@ -337,6 +339,8 @@ impl Config {
                     lag: args.lag,
                     error_rate: args.error_rate,
                     modify: args.modify_every.map(|every| (every, args.modify_count)),
+                    delete_every: args.delete_every,
+                    merge_every: args.merge_every,
                 })
             }
         };
@@ -596,7 +600,7 @@ fn client_config(
     .map_err(|e| {
         if global.token.is_none() && global.token_file.is_none() {
             usage(
-                "no HubSpot token: set HUBSPOT_TOKEN (or pass --token-file) to a private-app access token",
+                "no HubSpot token: set HUBSPOT_TOKEN or pass --token-file PATH (a private-app access token)",
             )
         } else {
             e
@@ -617,7 +621,8 @@ fn client_config(
     })
 }
 
-/// A secret from its file, its environment variable or (with a warning) the command line.
+/// A secret from its file (which wins), its environment variable or (with a warning)
+/// the command line.
 fn secret(
     what: &str,
     given: Option<&str>,
@@ -627,8 +632,41 @@ fn secret(
     warnings: &mut Vec<String>,
 ) -> Result<Token, UsageError> {
     let value = match (given, file) {
-        (_, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| usage(format!("{file_flag} {}: {e}", path.display())))?,
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("{file_flag} {}: {e}", path.display())))?;
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            match lines.as_slice() {
+                [one] if !is_assignment(one) => {}
+                [] => {
+                    return Err(usage(format!(
+                        "{file_flag} {}: the file is empty",
+                        path.display()
+                    )));
+                }
+                _ => {
+                    return Err(usage(format!(
+                        "{file_flag} {}: the file must hold the {what} alone, on one line \
+                         (not VAR=value lines: that is an environment file)",
+                        path.display()
+                    )));
+                }
+            }
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    warnings.push(format!(
+                        "{file_flag} {} can be read by other users of this machine: chmod 600 it",
+                        path.display()
+                    ));
+                }
+            }
+            lines[0].to_owned()
+        }
         (Some(value), None) => {
             if std::env::var(env).ok().as_deref() != Some(value) {
                 warnings.push(format!(
@@ -642,9 +680,21 @@ fn secret(
     };
     let value = value.trim();
     if value.is_empty() {
-        return Err(usage(format!("no {what}: set {env} (or pass {file_flag})")));
+        return Err(usage(format!(
+            "no {what}: set {env} or pass {file_flag} PATH"
+        )));
     }
     Ok(Token::new(value))
+}
+
+/// Whether `line` reads `NAME=value`, a line of an environment file.
+fn is_assignment(line: &str) -> bool {
+    line.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    })
 }
 
 /// How exec: handlers run: the global timeout, and the secrets they must not see.
@@ -680,8 +730,8 @@ mod tests {
         let cases = [
             (&["poll", "contacts"][..], "no HubSpot token"),
             (
-                &["--token", "t", "poll", "leads"],
-                "unknown object type `leads`",
+                &["--token", "t", "poll", "Leads"],
+                "unknown object type `Leads`",
             ),
             (
                 &["--token", "t", "poll", "contacts", "--since", "soon"],

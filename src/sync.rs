@@ -76,6 +76,9 @@ pub struct PollJob {
 /// at WARN; fewer are routine, on an account shared with other apps above all.
 const RETRIES_WARN: u64 = 10;
 
+/// Where the schemas of custom objects are cached (beside the property lists).
+const SCHEMAS_KEY: &str = "#schemas";
+
 /// How long the property list of `--all-properties` is reused.
 const PROPERTY_LIST_AGE: Duration = Duration::from_secs(86_400);
 
@@ -208,6 +211,11 @@ impl Engine {
         now: Millis,
         shutdown: &Shutdown,
     ) -> Result<Finished> {
+        let object = self.resolve(&job.object).await?;
+        let job = &PollJob {
+            object,
+            ..job.clone()
+        };
         let before = self.state.syncs(Some(&job.object)).await?;
         let claim = if job.pass == Pass::Main {
             Unassigned::Claim
@@ -681,6 +689,14 @@ impl Engine {
         Ok(all.len())
     }
 
+    /// `object` ready for requests (see [`resolve`]).
+    ///
+    /// # Errors
+    /// As [`resolve`].
+    pub async fn resolve(&self, object: &ObjectType) -> Result<ObjectType> {
+        resolve(&self.client, &self.state, object).await
+    }
+
     /// The property names a delivery outside a window fetches for `sync`: what the
     /// destination was last given (every property, by name, for `--all-properties`),
     /// else the object's defaults.
@@ -689,7 +705,7 @@ impl Engine {
     /// When the property list cannot be read.
     pub(crate) async fn stored_properties(&self, sync: &Sync) -> Result<Vec<String>> {
         let job = PollJob {
-            object: sync.object.clone(),
+            object: self.resolve(&sync.object).await?,
             destination: sync.destination.clone(),
             pass: Pass::Side,
             ask: Ask::default(),
@@ -721,6 +737,62 @@ pub(crate) struct Loose {
     pub current: Vec<Record>,
     /// Records HubSpot says no longer exist: news unless already tombstoned.
     pub gone: Vec<Record>,
+}
+
+/// `object` ready for requests: a custom object named by its name gets its type id
+/// from the schemas API (cached in the state for a day).
+///
+/// # Errors
+/// A usage error when the portal has no such custom object; a failed request.
+pub async fn resolve(client: &Client, state: &State, object: &ObjectType) -> Result<ObjectType> {
+    if !object.needs_resolving() {
+        return Ok(object.clone());
+    }
+    let key = ObjectType::unchecked(SCHEMAS_KEY);
+    let schemas: Vec<(String, String)> =
+        match state.cached_property_names(&key, PROPERTY_LIST_AGE).await? {
+            Some(cached) => cached
+                .iter()
+                .filter_map(|e| e.split_once('\t'))
+                .map(|(n, id)| (n.to_owned(), id.to_owned()))
+                .collect(),
+            None => {
+                let fetched: Vec<(String, String)> = client
+                    .schemas()
+                    .await?
+                    .into_iter()
+                    .flat_map(|s| {
+                        [
+                            (s.name, s.type_id.clone()),
+                            (s.fully_qualified_name, s.type_id),
+                        ]
+                    })
+                    .filter(|(n, _)| !n.is_empty())
+                    .collect();
+                let flat: Vec<String> =
+                    fetched.iter().map(|(n, id)| format!("{n}\t{id}")).collect();
+                state.cache_property_names(&key, &flat).await?;
+                fetched
+            }
+        };
+    match schemas.iter().find(|(n, _)| n == object.as_str()) {
+        Some((_, id)) => Ok(object.resolved(id)),
+        None => {
+            let mut known: Vec<&str> = schemas.iter().map(|(n, _)| n.as_str()).collect();
+            known.sort_unstable();
+            known.dedup();
+            Err(crate::config::UsageError::new(format!(
+                "`{object}` is neither a standard object ({}) nor a custom object of this portal{}",
+                crate::object::standard_names(),
+                if known.is_empty() {
+                    " (it has none)".to_owned()
+                } else {
+                    format!(" ({})", known.join(", "))
+                }
+            ))
+            .into())
+        }
+    }
 }
 
 /// Tombstones for the records `fresh` winners absorbed that the destination holds live.

@@ -120,7 +120,7 @@ async fn status_json_shows_cursor_window_and_last_run() {
 async fn usage_errors_exit_2_without_touching_anything() {
     let env = Env::contacts(10).await;
     let cases: [&[&str]; 6] = [
-        &["poll", "leads"],
+        &["poll", "no such object"],
         &["poll", "contacts", "--page-size", "500"],
         &["poll", "contacts", "--since", "last week"],
         &["poll", "contacts", "--sink", "kafka:topic"],

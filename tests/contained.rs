@@ -204,13 +204,35 @@ async fn secrets_come_from_files_and_the_command_line_is_warned_about() {
     let env = Env::contacts(10).await;
     let token_file = env.path("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let from_file = env
+    let readable = env
         .poll(&["--token-file", token_file.to_str().unwrap()])
         .env_remove("HUBSPOT_TOKEN")
         .run()
         .await
         .success();
+    assert!(readable.stderr.contains("chmod 600"), "{}", readable.stderr);
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The file wins over the environment (a wrong token there is not used).
+    let from_file = env
+        .poll(&["--token-file", token_file.to_str().unwrap()])
+        .env("HUBSPOT_TOKEN", "pat-na1-stale")
+        .run()
+        .await
+        .success();
     assert!(from_file.stderr.is_empty(), "{}", from_file.stderr);
+    let env_file = env.path("env-file");
+    std::fs::write(&env_file, format!("HUBSPOT_TOKEN={TOKEN}\n")).unwrap();
+    let wrong_shape = env
+        .poll(&["--token-file", env_file.to_str().unwrap()])
+        .run()
+        .await
+        .code(2);
+    assert!(
+        wrong_shape.error_line().contains("on one line"),
+        "{}",
+        wrong_shape.stderr
+    );
+    assert!(!wrong_shape.stderr.contains(TOKEN));
 
     let inline = env
         .poll(&["--token", TOKEN])
@@ -236,6 +258,20 @@ async fn secrets_come_from_files_and_the_command_line_is_warned_about() {
     // The client secret alike, for serve.
     let secret_file = env.path("secret");
     std::fs::write(&secret_file, "client-secret-9e1f\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let missing = env
+        .cmd(&["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("HUBSPOT_CLIENT_SECRET")
+        .run()
+        .await
+        .code(2);
+    assert!(
+        missing
+            .error_line()
+            .contains("no client secret: set HUBSPOT_CLIENT_SECRET or pass --client-secret-file"),
+        "{}",
+        missing.stderr
+    );
     let serve = env
         .cmd(&[
             "serve",

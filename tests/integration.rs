@@ -10,6 +10,7 @@ mod contained;
 mod copy;
 mod engine;
 mod faults;
+mod objects;
 mod snapshots;
 mod terminal;
 mod webhooks;

@@ -15,6 +15,16 @@ use crate::object::ObjectType;
 use crate::shutdown::Shutdown;
 use crate::timestamp::Millis;
 
+/// The next tick of `ticker`, or never.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves the fake until a signal.
 ///
 /// # Errors
@@ -44,6 +54,21 @@ pub async fn run(config: &MockConfig) -> Result<()> {
             now.minus(Duration::from_millis((first + n - id) * 1_297))
         }),
     );
+    // Every other object the tool syncs, with data, and the custom object `pets`.
+    let others = crate::object::STANDARD
+        .iter()
+        .filter(|s| s.name != "contacts")
+        .map(|s| s.name)
+        .chain([crate::mock::knobs::PETS]);
+    for name in others {
+        let other: ObjectType = name.parse().expect("a standard object or a type id");
+        store.extend(
+            other.as_str(),
+            seed::synthetic_for(&other, 1..=n, |id| {
+                now.minus(Duration::from_millis((1 + n - id) * 1_297))
+            }),
+        );
+    }
     let listener = TcpListener::bind(("127.0.0.1", config.port))
         .await
         .with_context(|| format!("binding 127.0.0.1:{}", config.port))?;
@@ -62,31 +87,51 @@ pub async fn run(config: &MockConfig) -> Result<()> {
     writeln!(out, "{}", mock.base_url())?;
     out.flush()?;
     drop(out);
-    tracing::info!(url = %mock.base_url(), contacts = mock.store().len(object.as_str()),
-        "fake HubSpot serving POST /crm/v3/objects/contacts/search");
+    tracing::info!(url = %mock.base_url(), records_per_object = n,
+        "fake HubSpot serving every standard object and the custom object `pets`");
 
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
-    if let Some((every, count)) = config.modify {
-        let mut ticker = tokio::time::interval(every);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = shutdown.wait() => break,
+    // What users do in HubSpot meanwhile: modify, delete, merge contacts.
+    let ticker = |every: Option<Duration>| {
+        every.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            t
+        })
+    };
+    let mut modify = ticker(config.modify.map(|(every, _)| every));
+    let mut delete = ticker(config.delete_every);
+    let mut merge = ticker(config.merge_every);
+    let count = config.modify.map_or(0, |(_, n)| n);
+    let live = |n: u64| -> Vec<u64> {
+        let store = mock.store();
+        let all: Vec<u64> = store.live(object.as_str()).map(|r| r.id).collect();
+        let mut rng = rand::rng();
+        (0..n.min(all.len() as u64))
+            .map(|_| all[rng.random_range(0..all.len())])
+            .collect()
+    };
+    loop {
+        tokio::select! {
+            _ = tick(&mut modify) => {
+                let ids = live(count);
+                tracing::debug!(modified = ids.len(), "modified contacts");
+                mock.modify(object.as_str(), ids);
             }
-            let ids: Vec<u64> = {
-                let store = mock.store();
-                let all: Vec<u64> = store.records(object.as_str()).map(|r| r.id).collect();
-                let mut rng = rand::rng();
-                (0..count.min(all.len() as u64))
-                    .map(|_| all[rng.random_range(0..all.len())])
-                    .collect()
-            };
-            tracing::debug!(modified = ids.len(), "modified contacts");
-            mock.modify(object.as_str(), ids);
+            _ = tick(&mut delete) => {
+                let ids = live(1);
+                tracing::info!(?ids, "deleted a contact");
+                mock.archive(object.as_str(), ids);
+            }
+            _ = tick(&mut merge) => {
+                let ids = live(2);
+                if let [a, b] = ids[..] && a != b {
+                    let new = mock.merge(object.as_str(), a, &[b]);
+                    tracing::info!(a, b, ?new, "merged two contacts");
+                }
+            }
+            () = shutdown.wait() => break,
         }
-    } else {
-        shutdown.wait().await;
     }
     mock.stop().await;
     Ok(())

@@ -175,6 +175,9 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
         }
     };
     crate::sink::kill_running_handler();
+    // A refused token ends the worker: the receiver stops with it (HubSpot retries
+    // what it sends meanwhile), rather than queue events no worker will deliver.
+    shutdown.request();
     server
         .await
         .context("the webhook server task")?

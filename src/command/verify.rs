@@ -89,11 +89,12 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     } else {
         None
     };
-    let sync = state.sync(object, &destination, Unassigned::Leave).await?;
+    let mut sync = state.sync(object, &destination, Unassigned::Leave).await?;
     let destination = &sync.destination;
     let client = Client::new(&config.client)?;
+    sync.object = crate::sync::resolve(&client, &state, object).await?;
 
-    let hubspot = live_records(&client, object).await?;
+    let hubspot = live_records(&client, &sync.object).await?;
     let mut comparison = Comparison::new(hubspot, horizon(&sync));
     let mut after = None;
     loop {

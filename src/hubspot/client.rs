@@ -102,7 +102,7 @@ impl Client {
         body: &SearchBody<'_>,
         after: Option<RecordId>,
     ) -> Result<Page> {
-        let path = format!("/crm/v3/objects/{object}/search");
+        let path = format!("/crm/v3/objects/{}/search", object.api_name());
         let (response, correlation_id): (SearchResponse, _) = self
             .send(Method::POST, &path, Some(body), Limit::Search)
             .await?;
@@ -125,7 +125,7 @@ impl Client {
         object: &ObjectType,
         body: &SearchBody<'_>,
     ) -> Result<Option<RecordId>> {
-        let path = format!("/crm/v3/objects/{object}/search");
+        let path = format!("/crm/v3/objects/{}/search", object.api_name());
         let (response, correlation_id): (SearchResponse, _) = self
             .send(Method::POST, &path, Some(body), Limit::Search)
             .await?;

@@ -62,7 +62,7 @@ impl Client {
     /// # Errors
     /// As [`Client::search`].
     pub async fn property_names(&self, object: &ObjectType) -> Result<Vec<String>> {
-        let path = format!("/crm/v3/properties/{object}");
+        let path = format!("/crm/v3/properties/{}", object.api_name());
         let (properties, _): (Properties, _) = self
             .send(Method::GET, &path, None::<&()>, Limit::General)
             .await
@@ -107,7 +107,7 @@ impl Client {
         properties: &[String],
         unaccounted: Unaccounted,
     ) -> Result<HashMap<RecordId, Record>> {
-        let path = format!("/crm/v3/objects/{object}/batch/read");
+        let path = format!("/crm/v3/objects/{}/batch/read", object.api_name());
         let mut fetched: HashMap<RecordId, Record> = HashMap::with_capacity(ids.len());
         let mut gone: HashSet<String> = HashSet::new();
         for chunk in ids.chunks(BATCH) {

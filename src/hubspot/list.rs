@@ -86,7 +86,7 @@ impl Client {
         if let Some(after) = after {
             query.append_pair("after", after);
         }
-        let path = format!("/crm/v3/objects/{object}?{}", query.finish());
+        let path = format!("/crm/v3/objects/{}?{}", object.api_name(), query.finish());
         let (response, correlation_id): (ListResponse, _) = self
             .send(Method::GET, &path, None::<&()>, Limit::General)
             .await?;

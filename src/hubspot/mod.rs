@@ -8,6 +8,7 @@ pub mod error;
 pub mod hydrate;
 pub mod list;
 pub mod retry;
+pub mod schemas;
 pub mod search;
 
 pub use client::{Client, ClientConfig};

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use super::search::TieOrder;
 
+/// The type id of the fake's custom object, `pets`.
+pub const PETS: &str = "2-9001";
+
 /// Records of `object` modified by the fake once search request `after_request`
 /// (1-based, counted over all objects) has been answered.
 #[derive(Clone, Debug)]
@@ -81,6 +84,8 @@ pub struct Knobs {
     pub daily_limit_reached: bool,
     /// The portal (account) id `GET /account-info/v3/details` answers.
     pub portal_id: u64,
+    /// The custom objects `GET /crm/v3/schemas` lists: name and type id.
+    pub schemas: Vec<(String, String)>,
 }
 
 impl Default for Knobs {
@@ -99,6 +104,7 @@ impl Default for Knobs {
             hold_batch_reads: false,
             daily_limit_reached: false,
             portal_id: 62_515,
+            schemas: vec![("pets".to_owned(), PETS.to_owned())],
         }
     }
 }

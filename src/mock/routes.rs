@@ -31,6 +31,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/crm/v3/objects/{object}", get(list))
         .route("/crm/v3/properties/{object}", get(properties))
         .route("/account-info/v3/details", get(account_info))
+        .route("/crm/v3/schemas", get(schemas))
         .with_state(shared)
 }
 
@@ -208,7 +209,7 @@ fn answer_search(
         }
         _ => {}
     }
-    let Ok(object) = object.parse::<ObjectType>() else {
+    let Some(object) = object_of(shared, object) else {
         return error(
             StatusCode::BAD_REQUEST,
             "VALIDATION_ERROR",
@@ -309,7 +310,7 @@ async fn properties(
     if !authorized(&shared, &headers) {
         return unauthorized(&correlation_id).1;
     }
-    let Ok(object) = object.parse::<ObjectType>() else {
+    let Some(object) = object_of(&shared, &object) else {
         return error(
             StatusCode::BAD_REQUEST,
             "VALIDATION_ERROR",
@@ -382,7 +383,7 @@ async fn batch_read(
         )
         .1
     };
-    let Ok(object) = object.parse::<ObjectType>() else {
+    let Some(object) = object_of(&shared, &object) else {
         return bad("Unknown object type");
     };
     let request: Request = match serde_json::from_slice(&body) {
@@ -455,7 +456,7 @@ async fn list(
         )
         .1
     };
-    let Ok(object) = object.parse::<ObjectType>() else {
+    let Some(object) = object_of(&shared, &object) else {
         return bad("Unknown object type");
     };
     let limit = query.limit.unwrap_or(10);
@@ -519,6 +520,44 @@ async fn account_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
         "dataHostingLocation": "na1",
     }))
     .into_response()
+}
+
+/// `GET /crm/v3/schemas`: the custom objects of the knob.
+async fn schemas(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = count_call(&shared, "schemas") {
+        return refused;
+    }
+    let correlation_id = correlation_id(&shared);
+    if !authorized(&shared, &headers) {
+        return unauthorized(&correlation_id).1;
+    }
+    let portal = lock(&shared.knobs).portal_id;
+    let results: Vec<Value> = lock(&shared.knobs)
+        .schemas
+        .iter()
+        .map(|(name, id)| {
+            json!({ "name": name, "objectTypeId": id, "fullyQualifiedName": format!("p{portal}_{name}"),
+                    "labels": { "singular": name, "plural": name } })
+        })
+        .collect();
+    axum::Json(json!({ "results": results })).into_response()
+}
+
+/// The object a request path names, as the store keeps it: standard objects by name
+/// (their type ids too), custom objects by type id (their names too, as HubSpot takes
+/// them).
+fn object_of(shared: &Shared, path: &str) -> Option<ObjectType> {
+    let object = path.parse::<ObjectType>().ok()?;
+    if !object.needs_resolving() {
+        return Some(object);
+    }
+    let knobs = lock(&shared.knobs);
+    let portal = knobs.portal_id;
+    knobs
+        .schemas
+        .iter()
+        .find(|(name, _)| name == path || format!("p{portal}_{name}") == path)
+        .and_then(|(_, id)| id.parse().ok())
 }
 
 fn apply_mutations(shared: &Shared, n: u64) {

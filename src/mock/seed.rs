@@ -109,9 +109,77 @@ pub fn synthetic(
         .collect()
 }
 
+/// Synthetic records of any object: contacts as [`synthetic`] makes them, other objects
+/// with a made-up value for each of their default properties.
+pub fn synthetic_for(
+    object: &ObjectType,
+    ids: impl IntoIterator<Item = u64>,
+    modified: impl Fn(u64) -> Millis,
+) -> Vec<FakeRecord> {
+    if object.as_str() == "contacts" {
+        return synthetic(ids, modified);
+    }
+    let system = [
+        object.modified_property(),
+        object.created_property(),
+        "hs_object_id",
+    ];
+    let names: Vec<&str> = object
+        .default_properties()
+        .iter()
+        .copied()
+        .filter(|p| !system.contains(p))
+        .collect();
+    ids.into_iter()
+        .map(|id| {
+            let properties = names
+                .iter()
+                .map(|name| ((*name).to_owned(), value_of(name, id)))
+                .collect();
+            let modified = modified(id);
+            let created = modified.minus(std::time::Duration::from_secs(86_400));
+            FakeRecord::new(id, created, modified, properties)
+        })
+        .collect()
+}
+
+/// A plausible value for property `name` of record `id`.
+fn value_of(name: &str, id: u64) -> String {
+    match name {
+        "amount" | "price" => format!("{}.00", 100 + id % 900),
+        "quantity" => (1 + id % 9).to_string(),
+        "domain" => format!("company-{id}.example.com"),
+        "closedate" | "hs_expiration_date" => "2025-06-30T00:00:00.000Z".to_owned(),
+        "pipeline" | "hs_pipeline" => "default".to_owned(),
+        "dealstage" | "hs_pipeline_stage" => "appointmentscheduled".to_owned(),
+        "hs_ticket_priority" => {
+            ["LOW", "MEDIUM", "HIGH"][usize::try_from(id % 3).unwrap_or(0)].to_owned()
+        }
+        "hs_status" => "DRAFT".to_owned(),
+        other => format!("{} {id}", other.trim_start_matches("hs_").replace('_', " ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_object_gets_its_default_properties() {
+        for standard in crate::object::STANDARD {
+            let object: ObjectType = standard.name.parse().unwrap();
+            let records = synthetic_for(&object, 1..=2, |_| Millis(1_000));
+            assert_eq!(records.len(), 2);
+            let json = super::super::store::Store::to_json(&object, &records[0], &[]);
+            for name in object.default_properties() {
+                assert!(
+                    !json["properties"][*name].is_null(),
+                    "{} {name}",
+                    standard.name
+                );
+            }
+        }
+    }
 
     #[test]
     fn the_fixture_parses() {

@@ -83,6 +83,13 @@ enum Cut {
     Stopped,
 }
 
+/// The handler was killed, not failed: it ran past `--handler-timeout`, or a stop came.
+/// Splitting its page would only run it again on each half, so the webhook worker
+/// fails the whole batch instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerKilled(String);
+
 impl ExecSink {
     /// A sink that runs `handler` through `sh -c` once per page.
     pub fn new(handler: super::Handler, options: HandlerOptions, shutdown: Shutdown) -> ExecSink {
@@ -153,17 +160,23 @@ impl ExecSink {
         let (status, tail) = outcome?;
         let status = match status {
             Ok(status) => status,
-            Err(Cut::TimedOut) => bail!(
-                "handler `{}` ran longer than --handler-timeout {} on a page of {} records and was killed{}",
-                self.command,
-                humantime::format_duration(self.options.timeout),
-                records.len(),
-                tail_line(&tail)
-            ),
-            Err(Cut::Stopped) => bail!(
-                "handler `{}` was killed: stopping on a signal before it confirmed the page",
-                self.command
-            ),
+            Err(Cut::TimedOut) => {
+                return Err(HandlerKilled(format!(
+                    "handler `{}` ran longer than --handler-timeout {} on a page of {} records and was killed{}",
+                    self.command,
+                    humantime::format_duration(self.options.timeout),
+                    records.len(),
+                    tail_line(&tail)
+                ))
+                .into());
+            }
+            Err(Cut::Stopped) => {
+                return Err(HandlerKilled(format!(
+                    "handler `{}` was killed: stopping on a signal before it confirmed the page",
+                    self.command
+                ))
+                .into());
+            }
         };
         if !status.success() {
             let why = status.code().map_or_else(

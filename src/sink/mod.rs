@@ -22,7 +22,7 @@ use crate::record::Record;
 use crate::shutdown::Shutdown;
 use crate::state::RecordsTable;
 
-pub use exec::{ExecSink, HandlerOptions, kill_running_handler};
+pub use exec::{ExecSink, HandlerKilled, HandlerOptions, kill_running_handler};
 pub use jsonl::JsonlSink;
 
 /// A parsed `--sink` value.

@@ -145,19 +145,10 @@ fn event(v: &Value) -> Option<Event> {
         .or_else(|| v.get("eventType"))
         .and_then(Value::as_str)?;
     let (subject, action) = kind_name.split_once('.')?;
-    let object: ObjectType = match subject {
-        "contact" => "contacts".parse().ok()?,
-        "company" => "companies".parse().ok()?,
-        "deal" => "deals".parse().ok()?,
-        "ticket" => "tickets".parse().ok()?,
-        "object" => match v.get("objectTypeId").and_then(Value::as_str)? {
-            "0-1" => "contacts".parse().ok()?,
-            "0-2" => "companies".parse().ok()?,
-            "0-3" => "deals".parse().ok()?,
-            "0-5" => "tickets".parse().ok()?,
-            custom => custom.parse().ok()?,
-        },
-        _ => return None,
+    // `contact.creation`, or the generic `object.creation` with an `objectTypeId`.
+    let object = match subject {
+        "object" => ObjectType::from_type_id(v.get("objectTypeId").and_then(Value::as_str)?)?,
+        named => ObjectType::from_webhook(named)?,
     };
     let kind = match action {
         "creation" | "propertyChange" | "restore" | "merge" => EventKind::Change,
@@ -211,7 +202,8 @@ mod tests {
             {"eventId":2,"subscriptionId":13,"portalId":62515,"occurredAt":1564113600001,"eventType":"deal.deletion","objectId":"77"},
             {"eventId":3,"subscriptionId":14,"portalId":62515,"occurredAt":1564113600002,"subscriptionType":"object.propertyChange","objectTypeId":"2-123456","objectId":5,"propertyName":"x"},
             {"eventId":4,"subscriptionId":15,"portalId":62515,"occurredAt":1564113600003,"subscriptionType":"contact.associationChange","objectId":123},
-            {"eventId":5,"subscriptionId":16,"portalId":62515,"occurredAt":1564113600004,"subscriptionType":"product.creation","objectId":9}
+            {"eventId":5,"subscriptionId":16,"portalId":62515,"occurredAt":1564113600004,"subscriptionType":"conversation.creation","objectId":9},
+            {"eventId":6,"subscriptionId":17,"portalId":62515,"occurredAt":1564113600005,"subscriptionType":"object.creation","objectTypeId":"0-3","objectId":8}
         ]"#;
         let events = parse_batch(body).unwrap();
         let got: Vec<(&str, u64, EventKind)> = events
@@ -223,7 +215,8 @@ mod tests {
             [
                 ("contacts", 123, EventKind::Change),
                 ("deals", 77, EventKind::Deletion),
-                ("2-123456", 5, EventKind::Change)
+                ("2-123456", 5, EventKind::Change),
+                ("deals", 8, EventKind::Change)
             ]
         );
         assert_eq!(

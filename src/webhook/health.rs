@@ -56,7 +56,11 @@ pub struct Health {
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub status: &'static str,
+    /// What makes the receiver unhealthy (503).
     pub problems: Vec<String>,
+    /// What an operator should look at, though webhooks are still received (200):
+    /// dead letters, a failed reconciliation window.
+    pub warnings: Vec<String>,
     pub queued: u64,
     pub dead: u64,
     pub oldest_due_seconds: Option<u64>,
@@ -141,6 +145,19 @@ impl Health {
                 humantime::format_duration(self.stall)
             ));
         }
+        let mut warnings = Vec::new();
+        if seen.depth.dead > 0 {
+            warnings.push(format!(
+                "{} dead letters (see `martech-sync dead-letters list`)",
+                seen.depth.dead
+            ));
+        }
+        if let Some(r) = seen.reconciliation.as_ref().filter(|r| r.error.is_some()) {
+            warnings.push(format!(
+                "the last reconciliation window of {} failed at {}",
+                r.object, r.at
+            ));
+        }
         Report {
             status: if problems.is_empty() {
                 "ok"
@@ -148,6 +165,7 @@ impl Health {
                 "unhealthy"
             },
             problems,
+            warnings,
             queued: seen.depth.queued,
             dead: seen.depth.dead,
             oldest_due_seconds: oldest_due.map(secs),

@@ -141,7 +141,12 @@ async fn receive(Shared(r): Shared<Arc<Receiver>>, headers: HeaderMap, body: Bod
         signature,
     };
     if let Err(why) = verify(&r.secret, version, &signed, now) {
-        return refuse(&r, &why.to_string());
+        let hint = format!(
+            "{why} for {} (check --public-url, which must be the exact URL HubSpot calls, \
+             query included, and the client secret)",
+            r.public_url
+        );
+        return refuse(&r, &hint);
     }
     let events = match parse_batch(&body) {
         Ok(events) => events,

@@ -23,6 +23,7 @@ use crate::lock::{LockHeld, ObjectLock};
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
+use crate::sink::HandlerKilled;
 use crate::state::Unassigned;
 use crate::state::{Queued, Sync};
 use crate::sync::{Engine, Loose};
@@ -138,11 +139,16 @@ pub async fn drain_once(
             pass.waiting += events.len();
             continue;
         };
-        let sync = engine
+        let mut sync = engine
             .state
             .sync(&object, &locks.destination, Unassigned::Leave)
             .await?;
-        let units = match fetch(engine, &sync, &events).await {
+        let units = match async {
+            sync.object = engine.resolve(&object).await?;
+            fetch(engine, &sync, &events).await
+        }
+        .await
+        {
             Ok(units) => units,
             // A refused token or a used-up day fails every batch alike: stop rather
             // than bury the queue in dead letters.
@@ -193,7 +199,14 @@ async fn failed(
     engine
         .state
         .events_failed(&keys, &error, Millis::now().plus(wait), retry.dead_after)
-        .await
+        .await?;
+    if attempts >= retry.dead_after {
+        tracing::error!(%object, events = keys.len(), ids = ?ids, attempts,
+            "webhook events parked as dead letters after {attempts} attempts \
+             (see `martech-sync dead-letters list`; the next reconciliation window still \
+             brings their records' changes)");
+    }
+    Ok(())
 }
 
 /// What one record of a batch hands the sink, and the events it settles.
@@ -320,6 +333,14 @@ fn settle<'a>(engine: &'a mut Engine, sync: &'a Sync, units: &'a [Unit]) -> Sett
                 Vec::new()
             }
             Err(error) if units.len() == 1 => vec![(0, error)],
+            // A killed handler (timeout, stop) is no one record's fault: halving the
+            // batch would only run it again and again. The whole batch backs off.
+            Err(error) if error.chain().any(|e| e.is::<HandlerKilled>()) => {
+                let error = format!("{error:#}");
+                (0..units.len())
+                    .map(|i| (i, anyhow::anyhow!("{error}")))
+                    .collect()
+            }
             Err(_) => {
                 let (left, right) = units.split_at(units.len() / 2);
                 let mut failures = settle(engine, sync, left).await;

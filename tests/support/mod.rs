@@ -44,6 +44,26 @@ impl Env {
         .await
     }
 
+    /// A fake with `n` records of every standard object and of the custom object `pets`
+    /// (type id 2-9001), ids 1..=n, modified one second apart from [`BASE`].
+    pub async fn every_object(n: u64) -> Env {
+        let mut store = Store::default();
+        let names = martech_sync::object::STANDARD
+            .iter()
+            .map(|s| s.name)
+            .chain([martech_sync::mock::knobs::PETS]);
+        for name in names {
+            let object: martech_sync::object::ObjectType = name.parse().unwrap();
+            store.extend(
+                object.as_str(),
+                seed::synthetic_for(&object, 1..=n, |id| {
+                    BASE.plus(std::time::Duration::from_secs(id))
+                }),
+            );
+        }
+        Env::new(store).await
+    }
+
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("state.db")
     }
