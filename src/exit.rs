@@ -3,16 +3,16 @@
 //! the same sync holds the lock (EX_TEMPFAIL, so cron wrappers can tell "busy" from
 //! "broken"); 78 configuration error no rerun fixes (EX_CONFIG: a missing state
 //! directory, a file that is not a state file, a newer schema, a sink that cannot be
-//! opened); 130 a second stop signal (see `shutdown.rs`).
+//! opened, a state file with hard links, a lock directory others control); 130 a second stop signal (see `shutdown.rs`).
 
 use std::io::ErrorKind;
 use std::process::ExitCode;
 
 use crate::command::verify::DriftFound;
 use crate::config::UsageError;
-use crate::lock::{LockHeld, NoStateDir, ServeHeld};
+use crate::lock::{LockHeld, NoStateDir, ServeHeld, UntrustedLockDir};
 use crate::sink::SinkUnusable;
-use crate::state::sqlite::{NewerSchema, NotAStateFile};
+use crate::state::sqlite::{HardLinked, NewerSchema, NotAStateFile};
 use crate::sync::NeedsRefresh;
 use crate::window::PlanError;
 
@@ -51,6 +51,8 @@ pub fn code(err: &anyhow::Error) -> u8 {
         DRIFT
     } else if any(&|e| {
         e.is::<NotAStateFile>()
+            || e.is::<HardLinked>()
+            || e.is::<UntrustedLockDir>()
             || e.is::<NewerSchema>()
             || e.is::<NoStateDir>()
             || e.is::<SinkUnusable>()

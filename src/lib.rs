@@ -24,6 +24,7 @@
 //! - `mock/`: the local fake HubSpot used by the tests, `demo` and `mock-hubspot`.
 //! - `webhook/`: the `serve` receiver: signatures, events, the queue, the worker.
 //! - `object`, `record`, `timestamp`, `token`, `report`: the domain nouns.
+//! - `private`: the warning for a file of records others can read.
 //! - `logging`: tracing setup; `progress`: the terminal progress bar; `exit`: error →
 //!   exit code.
 
@@ -38,6 +39,7 @@ pub mod lock;
 pub mod logging;
 pub mod mock;
 pub mod object;
+pub mod private;
 pub mod progress;
 pub mod properties;
 pub mod record;
@@ -66,6 +68,14 @@ use crate::timestamp::Millis;
 pub fn run(cli: Cli) -> Result<()> {
     let config = Config::new(cli, Millis::now())?;
     logging::init(config.log);
+    // Other processes of the same user, a handler among them, cannot read this one's
+    // memory or /proc/PID/environ, where the token and the client secret are (prctl(2),
+    // PR_SET_DUMPABLE; a handler's own exec makes it dumpable again).
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::debug!(error = %e, "could not make the process undumpable");
+    }
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

@@ -130,12 +130,17 @@ fn take(db: &Path, path: &Path) -> Result<Result<File, String>> {
         }
         .into());
     }
+    trusted_dir(dir)?;
+    // Never through a symlink: whoever could plant one would have us overwrite its
+    // target with a pid.
+    let nofollow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(nofollow)
         .open(path)
         .with_context(|| format!("opening lock file {}", path.display()))?;
     match file.try_lock() {
@@ -157,6 +162,48 @@ fn take(db: &Path, path: &Path) -> Result<Result<File, String>> {
     write!(file, "{}", std::process::id())?;
     file.flush()?;
     Ok(Ok(file))
+}
+
+/// Refuses a lock directory that someone else could swap files in: one that is a
+/// symlink, is not owned by this user, or others may write to.
+fn trusted_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("reading lock directory {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let mode = meta.permissions().mode();
+    let why = if !meta.is_dir() {
+        Some("it is not a directory".to_owned())
+    } else if meta.uid() != me {
+        Some(format!(
+            "it belongs to uid {}, not to you (uid {me})",
+            meta.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!(
+            "others may write to it (mode {:o}); `chmod 700 {}` fixes that",
+            mode & 0o777,
+            dir.display()
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(UntrustedLockDir {
+            dir: dir.display().to_string(),
+            why,
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// A lock directory someone else could swap files in. Exits 78.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing the lock directory {dir}: {why}")]
+pub struct UntrustedLockDir {
+    pub dir: String,
+    pub why: String,
 }
 
 #[cfg(test)]
@@ -188,5 +235,33 @@ mod tests {
             .permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_lock_directory_others_can_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let locks = locks_dir(&db);
+        std::fs::create_dir(&locks).unwrap();
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ServeLock::acquire(&db).unwrap_err();
+        let refused = err.downcast_ref::<UntrustedLockDir>().expect("refused");
+        assert!(refused.why.contains("others may write"), "{refused}");
+    }
+
+    #[test]
+    fn a_lock_file_planted_as_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let victim = dir.path().join("victim.conf");
+        std::fs::write(&victim, "keep me").unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(locks_dir(&db))
+            .unwrap();
+        std::os::unix::fs::symlink(&victim, locks_dir(&db).join("serve.lock")).unwrap();
+        assert!(ServeLock::acquire(&db).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     }
 }

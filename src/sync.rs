@@ -628,8 +628,8 @@ impl Engine {
                 let news = ledger::gone(&held, tombstones);
                 let refs: Vec<&Record> = news.iter().collect();
                 self.sink.deliver(object, &refs).await?;
-                self.state
-                    .record_delivered(sync.id, &refs, self.sink.records_table())
+                let (state, table) = (&self.state, self.sink.records_table());
+                record_after_delivery(object, || state.record_delivered(sync.id, &refs, table))
                     .await?;
                 report.tombstones += news.len() as u64;
                 match page.next {
@@ -681,11 +681,14 @@ impl Engine {
             .collect();
         let all: Vec<&Record> = fresh.into_iter().chain(&merged).chain(&gone).collect();
         self.sink.deliver(object, &all).await?;
-        let table = self.sink.records_table();
-        match events {
-            Some(keys) => self.state.commit_events(sync.id, &all, table, keys).await?,
-            None => self.state.record_delivered(sync.id, &all, table).await?,
-        }
+        let (state, table) = (&self.state, self.sink.records_table());
+        record_after_delivery(object, || async {
+            match events {
+                Some(keys) => state.commit_events(sync.id, &all, table, keys).await,
+                None => state.record_delivered(sync.id, &all, table).await,
+            }
+        })
+        .await?;
         Ok(all.len())
     }
 
@@ -1023,15 +1026,11 @@ impl Scan<'_> {
             records: page.records.len() as u64,
             total: page.total.filter(|_| first),
         };
-        self.state
-            .commit_page(
-                self.sync,
-                self.pass,
-                checkpoint,
-                &delivered,
-                self.sink.records_table(),
-            )
-            .await?;
+        let (state, table) = (self.state, self.sink.records_table());
+        record_after_delivery(object, || {
+            state.commit_page(self.sync, self.pass, checkpoint, &delivered, table)
+        })
+        .await?;
         report.pages += 1;
         report.seen += page.records.len() as u64;
         report.delivered += delivered.len() as u64;
@@ -1108,5 +1107,41 @@ async fn fetch_slice(
             return;
         }
         after = last;
+    }
+}
+
+/// Times a write of what the sink already confirmed is tried before giving up.
+const RECORD_TRIES: u32 = 6;
+
+/// Runs `write`, which records what the sink has just confirmed, retrying it a few
+/// times (a state file held by a backup or a `sqlite3` shell clears in seconds): giving
+/// up would hand the same versions over again.
+///
+/// # Errors
+/// The last write's error, saying that the records will be handed over again.
+async fn record_after_delivery<F, Fut>(object: &ObjectType, mut write: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut wait = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < RECORD_TRIES => {
+                tracing::warn!(%object, attempt, error = %format!("{e:#}"),
+                    "the sink has the records but the state could not record them; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(e.context(
+                    "the sink has the records but the state could not record them, so they \
+                     will be handed over again",
+                ));
+            }
+        }
     }
 }

@@ -300,6 +300,15 @@ async fn cursor_commands_refuse_to_guess_between_destinations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_with_two_names_is_refused_with_78() {
+    let env = Env::contacts(10).await;
+    env.poll(&[]).run().await.success();
+    std::fs::hard_link(env.db(), env.path("copy.db")).unwrap();
+    let out = env.poll(&[]).run().await.code(78);
+    assert!(out.error_line().contains("2 hard links"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_is_not_a_state_file_is_refused_with_78() {
     let env = Env::contacts(10).await;
     {

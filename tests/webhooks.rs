@@ -691,3 +691,146 @@ async fn healthz_goes_red_on_a_stalled_worker_and_a_locked_queue() {
     }
     serve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_hangs_on_one_record_holds_back_only_that_record() {
+    let env = Env::contacts(20).await;
+    let loader = "exec:input=$(cat); \
+        if printf '%s' \"$input\" | grep -q '\"id\":\"7\"'; then sleep 30; fi; \
+        printf '%s\\n' \"$input\" >> out.jsonl";
+    let serve = Serve::start(
+        &env,
+        &[
+            "--sink",
+            loader,
+            "--handler-timeout",
+            "1s",
+            "--dead-after",
+            "2",
+        ],
+    )
+    .await;
+    let at = Millis::now().0;
+    let deletions: Vec<Value> = (1..=20).map(|id| event(id, "deletion", at, id)).collect();
+    assert_eq!(serve.send(&Value::from(deletions).to_string()).await.0, 200);
+    // The batch times out once; then each record goes alone and only 7 hangs again.
+    eventually(Duration::from_secs(30), || {
+        env.lines("out.jsonl").len() == 19
+    })
+    .await;
+    let started = Instant::now();
+    while env.status().await["webhooks"]["dead"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "7 never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serve.stop().await;
+    let counts = id_counts(&env.lines("out.jsonl"));
+    assert!(
+        !counts.contains_key(&7) && counts.len() == 19 && counts.values().all(|n| *n == 1),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_busy_after_the_sink_confirmed_does_not_hand_records_over_again() {
+    let env = Env::contacts(20).await;
+    // A handler slow enough for the test to take the state file's write lock first.
+    let loader = "exec:sleep 1; cat >> out.jsonl";
+    let serve = Serve::start(&env, &["--sink", loader]).await;
+    let at = Millis::now().0;
+    let deletions: Vec<Value> = (1..=5).map(|id| event(id, "deletion", at, id)).collect();
+    assert_eq!(serve.send(&Value::from(deletions).to_string()).await.0, 200);
+    // A backup or a sqlite3 shell holds the write lock past any busy timeout (10 s)
+    // while the handler confirms the page.
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    tokio::time::sleep(Duration::from_millis(12_500)).await;
+    conn.execute_batch("ROLLBACK").unwrap();
+    let started = Instant::now();
+    while env.status().await["webhooks"]["queued"] != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "events never done"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serve.stop().await;
+    let counts = id_counts(&env.lines("out.jsonl"));
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "handed over again: {counts:?}"
+    );
+}
+
+/// Headers that pass every check made before the body (a fresh timestamp, a signature
+/// of the right shape) without being signed.
+fn forged_head(content_length: Option<usize>, chunked: bool) -> String {
+    let mut head = format!(
+        "POST /webhooks/hubspot HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-HubSpot-Signature-v3: {}=\r\nX-HubSpot-Request-Timestamp: {}\r\n",
+        "A".repeat(43),
+        Millis::now().0
+    );
+    if let Some(n) = content_length {
+        head.push_str(&format!("Content-Length: {n}\r\n"));
+    }
+    if chunked {
+        head.push_str("Transfer-Encoding: chunked\r\n");
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Opens a connection and sends `head`.
+async fn open_with(addr: &str, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_bodies_cannot_take_the_budget_or_the_connections_of_real_senders() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::contacts(20).await;
+    let serve = Serve::start(&env, &["--max-connections", "16"]).await;
+    let addr = serve.base.trim_start_matches("http://").to_owned();
+
+    // A chunked body: refused before a byte of it is kept.
+    let mut chunked = open_with(&addr, &forged_head(None, true)).await;
+    chunked.write_all(b"1\r\n[\r\n").await.unwrap();
+    let mut answer = vec![0; 12];
+    chunked.read_exact(&mut answer).await.unwrap();
+    assert_eq!(
+        &answer,
+        b"HTTP/1.1 411",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Senders that declare a mebibyte and send nothing hold no budget, and 40 of them
+    // against a cap of 16 connections, each with a request in flight, do not lock out
+    // a real sender or the probe: the oldest unverified connection makes room.
+    let mut forged = Vec::new();
+    for _ in 0..40 {
+        forged.push(open_with(&addr, &forged_head(Some(1 << 20), false)).await);
+    }
+    let at = Millis::now().0;
+    for id in 1..=3 {
+        let body = json!([event(id, "creation", at, id)]).to_string();
+        let (status, took) = serve.send(&body).await;
+        assert_eq!(status, 200);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    assert_eq!(health(&serve).await.0, 200);
+    drop(forged);
+    eventually(Duration::from_secs(20), || {
+        env.lines("out.jsonl").len() == 3
+    })
+    .await;
+    serve.stop().await;
+}

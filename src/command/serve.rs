@@ -9,7 +9,7 @@
 //! its process group), and exits 0 within ten seconds; queued events wait in the state
 //! for the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,10 +22,13 @@ use tokio::time::MissedTickBehavior;
 
 use super::resolve_sink;
 use crate::config::ServeConfig;
+use crate::hubspot::Client;
 use crate::hubspot::error::{is_auth_failure, is_daily_limit};
 use crate::lock::{ObjectLock, ServeLock};
 use crate::progress::ProgressMode;
+use crate::report::Outcome;
 use crate::shutdown::Shutdown;
+use crate::sink::Sink;
 use crate::state::Sqlite;
 use crate::sync::{Engine, PollJob};
 use crate::timestamp::Millis;
@@ -36,6 +39,8 @@ use crate::webhook::worker::{self, Locks};
 
 /// How long the worker drains before the loop looks at the reconciliation tick again.
 const DRAIN_BUDGET: Duration = Duration::from_secs(5);
+/// How long reconciliation windows run before the worker gets its turn.
+const RECONCILE_TURN: Duration = Duration::from_secs(20);
 /// Done events are kept this long to recognise HubSpot's redeliveries (it retries for a
 /// day), then pruned.
 const KEEP_DONE: Duration = Duration::from_secs(3 * 86_400);
@@ -82,13 +87,16 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
         })
         .collect();
     let locks = Locks::new(db, &destination, polled);
-    let mut engine = Engine::open(
-        db,
-        &config.client,
-        (&sink, &config.handlers),
-        &shutdown,
+    // A short busy timeout: a stop must not wait behind another process's lock (the
+    // write is retried, see `record_after_delivery`).
+    let engine_state = Sqlite::open(db)?;
+    engine_state.set_busy_timeout(Duration::from_secs(2))?;
+    let mut engine = Engine::new(
+        Arc::new(engine_state),
+        Client::new(&config.client)?,
+        Sink::open(&sink, &config.handlers, &shutdown)?,
         ProgressMode::Hidden,
-    )?;
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -139,8 +147,8 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     tracing::info!(%public_url, polls = config.polls.len(), max_connections = limits.max_connections,
         "receiving webhooks");
 
-    let mut reconcile = tokio::time::interval(config.interval);
-    reconcile.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut ticks = tokio::time::interval(config.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let polling = !config.polls.is_empty();
     let retry = worker::Retry {
         base: config.client.retry.base,
@@ -154,19 +162,26 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
         tokio::time::sleep(WORKER_GRACE).await;
     };
     tokio::pin!(deadline);
+    // The polled objects whose reconciliation window is due or paused, in turn.
+    let mut windows: VecDeque<usize> = VecDeque::new();
     let outcome: Result<()> = loop {
-        let reconciling = tokio::select! {
-            () = queued.notified() => false,
-            () = tokio::time::sleep(Duration::from_secs(1)) => false,
-            _ = reconcile.tick(), if polling => true,
-            () = shutdown.wait() => break Ok(()),
-        };
-        let work = async {
-            if reconciling {
-                reconcile_all(&mut engine, &polls, &health, &shutdown).await?;
+        if windows.is_empty() {
+            let tick = tokio::select! {
+                () = queued.notified() => false,
+                () = tokio::time::sleep(Duration::from_secs(1)) => false,
+                _ = ticks.tick(), if polling => true,
+                () = shutdown.wait() => break Ok(()),
+            };
+            if tick {
+                windows.extend(0..polls.len());
             }
-            drain(&mut engine, &locks, retry, &shutdown, &mut paused_until).await?;
-            health.progress();
+        } else if shutdown.requested() {
+            break Ok(());
+        }
+        let work = async {
+            reconcile(&mut engine, &polls, &mut windows, &health, &shutdown).await?;
+            let drained = drain(&mut engine, &locks, retry, &shutdown, &mut paused_until).await?;
+            health.drained(drained.settled, &drained.waiting);
             Ok::<(), anyhow::Error>(())
         };
         tokio::select! {
@@ -187,18 +202,63 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     Ok(())
 }
 
-/// One reconciliation window per polled object.
+/// Runs the reconciliation windows in `windows`, in turn, for at most
+/// [`RECONCILE_TURN`]: a window still going then is paused between pages (its
+/// checkpoints kept) and resumed after the worker has delivered the webhooks that came
+/// in meanwhile, so a backfill of hours never holds back the push path.
 ///
 /// # Errors
 /// A refused token: no later tick can fix it.
-async fn reconcile_all(
+async fn reconcile(
     engine: &mut Engine,
     polls: &[PollJob],
+    windows: &mut VecDeque<usize>,
     health: &Health,
     shutdown: &Shutdown,
 ) -> Result<()> {
-    for job in polls {
-        let (outcome, error) = match engine.poll(job, Millis::now(), shutdown).await {
+    if windows.is_empty() {
+        return Ok(());
+    }
+    let pause = Shutdown::default();
+    let timer = {
+        let pause = pause.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(RECONCILE_TURN) => {}
+                () = shutdown.wait() => {}
+            }
+            pause.request();
+        })
+    };
+    let result = reconcile_turn(engine, polls, windows, health, &pause).await;
+    timer.abort();
+    result
+}
+
+async fn reconcile_turn(
+    engine: &mut Engine,
+    polls: &[PollJob],
+    windows: &mut VecDeque<usize>,
+    health: &Health,
+    pause: &Shutdown,
+) -> Result<()> {
+    while let Some(&index) = windows.front() {
+        if pause.requested() {
+            break;
+        }
+        let job = &polls[index];
+        health.reconciling(Some(job.object.to_string()));
+        let polled = engine.poll(job, Millis::now(), pause).await;
+        health.reconciling(None);
+        if let Ok(finished) = &polled
+            && finished.report.outcome == Outcome::Interrupted
+        {
+            // Paused (or stopped): the window stays open and goes on next turn.
+            break;
+        }
+        windows.pop_front();
+        let (outcome, error) = match polled {
             Ok(finished) => {
                 let outcome = finished.report.outcome.as_str().to_owned();
                 match finished.error {
@@ -225,11 +285,18 @@ async fn reconcile_all(
             outcome,
             error,
         });
-        if shutdown.requested() {
-            break;
-        }
     }
     Ok(())
+}
+
+/// What a [`drain`] got through.
+#[derive(Debug, Default)]
+struct Drained {
+    /// Events delivered or given a failed attempt; `None` when the worker could not
+    /// take any (paused, or the state failed).
+    settled: Option<usize>,
+    /// Objects whose events wait for a poll holding their lock.
+    waiting: Vec<String>,
 }
 
 /// Delivers due events, a batch at a time, for at most [`DRAIN_BUDGET`]; a signal stops
@@ -243,28 +310,36 @@ async fn drain(
     retry: worker::Retry,
     shutdown: &Shutdown,
     paused_until: &mut Option<Instant>,
-) -> Result<()> {
+) -> Result<Drained> {
+    let mut drained = Drained::default();
     if paused_until.is_some_and(|until| Instant::now() < until) {
-        return Ok(());
+        return Ok(drained);
     }
     let started = Instant::now();
+    let mut settled = 0;
+    let mut ok = true;
     while !shutdown.requested() && started.elapsed() < DRAIN_BUDGET {
-        match worker::drain_once(engine, locks, retry, shutdown).await {
-            Ok(pass) if pass.events == 0 || pass.failed + pass.waiting == pass.events => break,
-            Ok(_) => {}
+        match worker::drain_once(engine, locks, retry, shutdown, &mut drained.waiting).await {
+            Ok(pass) if pass.events == 0 => break,
+            // Each pass moves its events on (done, retried later, or left out as
+            // waiting), so the next one takes others.
+            Ok(pass) => settled += pass.delivered + pass.failed,
             Err(error) if is_auth_failure(&error) => return Err(error),
             Err(error) if is_daily_limit(&error) => {
                 tracing::error!(error = %format!("{error:#}"),
                     "webhook worker paused for {}: queued events wait", humantime::format_duration(DAILY_PAUSE));
                 *paused_until = Some(Instant::now() + DAILY_PAUSE);
+                ok = false;
                 break;
             }
             Err(error) => {
                 tracing::error!(error = %format!("{error:#}"), "webhook worker failed; retrying");
+                ok = false;
                 break;
             }
         }
     }
+    drained.settled = ok.then_some(settled);
     if let Err(error) = engine
         .state
         .prune_done_events(Millis::now().minus(KEEP_DONE))
@@ -272,7 +347,7 @@ async fn drain(
     {
         tracing::warn!(error = %format!("{error:#}"), "could not prune old webhook events");
     }
-    Ok(())
+    Ok(drained)
 }
 
 /// Raises the descriptor soft limit to the hard limit, and returns how many connections

@@ -47,6 +47,9 @@ impl JsonlSink {
                         sink: format!("jsonl:{}", path.display()),
                         why: e.to_string(),
                     })?;
+                if let Ok(meta) = file.metadata() {
+                    crate::private::warn_if_shared(&meta, path);
+                }
                 let cut = cut_partial_line(&mut file)
                     .with_context(|| format!("repairing the end of {}", path.display()))?;
                 if cut > 0 {

@@ -420,11 +420,12 @@ pub trait Storage: Send + std::marker::Sync {
     /// On storage errors; then nothing was queued.
     async fn enqueue(&self, events: &[Event], now: Millis) -> Result<usize>;
 
-    /// Up to `limit` queued events due at `now`, oldest `occurredAt` first.
+    /// Up to `limit` queued events due at `now`, oldest `occurredAt` first, leaving out
+    /// the object types in `skip` (those a poll holds the lock of).
     ///
     /// # Errors
     /// On storage errors.
-    async fn due_events(&self, now: Millis, limit: usize) -> Result<Vec<Queued>>;
+    async fn due_events(&self, now: Millis, limit: usize, skip: &[String]) -> Result<Vec<Queued>>;
 
     /// The events given up on.
     ///

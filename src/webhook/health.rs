@@ -26,6 +26,8 @@ pub struct Reconciliation {
     pub object: String,
     pub at: String,
     pub outcome: String,
+    /// Logged, not shown: `/healthz` answers anyone.
+    #[serde(skip)]
     pub error: Option<String>,
 }
 
@@ -39,9 +41,13 @@ struct Seen {
     enqueue_failed: Option<String>,
     depth: QueueDepth,
     checked: Option<Millis>,
-    /// When the worker last finished a pass.
+    /// When the worker last got through the events it could take.
     progress: Option<Millis>,
     reconciliation: Option<Reconciliation>,
+    /// The object whose reconciliation window is running.
+    reconciling: Option<String>,
+    /// Objects whose events wait for a poll that holds their lock.
+    waiting: Vec<String>,
 }
 
 /// The receiver's health, shared by the checker, the worker, the receiver and the
@@ -66,6 +72,8 @@ pub struct Report {
     pub oldest_due_seconds: Option<u64>,
     pub worker_idle_seconds: Option<u64>,
     pub last_reconciliation: Option<Reconciliation>,
+    /// The object whose reconciliation window is running now.
+    pub reconciling: Option<String>,
     pub checked_at: Option<String>,
 }
 
@@ -85,9 +93,19 @@ impl Health {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The worker finished a pass.
-    pub fn progress(&self) {
-        self.seen().progress = Some(Millis::now());
+    /// The worker drained: `settled` events moved on (`None`: it could not take any),
+    /// and the events of `waiting` wait for a poll.
+    pub fn drained(&self, settled: Option<usize>, waiting: &[String]) {
+        let mut seen = self.seen();
+        if settled.is_some() {
+            seen.progress = Some(Millis::now());
+        }
+        waiting.clone_into(&mut seen.waiting);
+    }
+
+    /// A reconciliation window started (`Some`) or paused or ended (`None`).
+    pub fn reconciling(&self, object: Option<String>) {
+        self.seen().reconciling = object;
     }
 
     /// An enqueue failed (`Some`) or succeeded (`None`).
@@ -111,7 +129,11 @@ impl Health {
                 if writable.is_ok() {
                     seen.enqueue_failed = None;
                 }
-                seen.unwritable = writable.err().map(|e| format!("{e:#}"));
+                let unwritable = writable.err().map(|e| format!("{e:#}"));
+                if let Some(e) = unwritable.as_ref().filter(|_| seen.unwritable.is_none()) {
+                    tracing::error!(error = %e, "the webhook queue cannot be written");
+                }
+                seen.unwritable = unwritable;
                 match depth {
                     Ok(depth) => seen.depth = depth,
                     Err(e) => seen.unwritable = Some(format!("{e:#}")),
@@ -133,11 +155,12 @@ impl Health {
         let idle = seen.progress.map(|p| now.0 - p.0);
         let stall_ms = i64::try_from(self.stall.as_millis()).unwrap_or(i64::MAX);
         let mut problems = Vec::new();
-        if let Some(e) = &seen.unwritable {
-            problems.push(format!("the queue cannot be written: {e}"));
+        // Without the error text: `/healthz` answers anyone; the log has it.
+        if seen.unwritable.is_some() {
+            problems.push("the queue cannot be written (see the log)".to_owned());
         }
-        if let Some(e) = &seen.enqueue_failed {
-            problems.push(format!("the last webhook could not be queued: {e}"));
+        if seen.enqueue_failed.is_some() {
+            problems.push("the last webhook could not be queued (see the log)".to_owned());
         }
         if oldest_due.is_some_and(|age| age > stall_ms) && idle.is_some_and(|i| i > stall_ms) {
             problems.push(format!(
@@ -154,8 +177,13 @@ impl Health {
         }
         if let Some(r) = seen.reconciliation.as_ref().filter(|r| r.error.is_some()) {
             warnings.push(format!(
-                "the last reconciliation window of {} failed at {}",
+                "the last reconciliation window of {} failed at {} (see the log)",
                 r.object, r.at
+            ));
+        }
+        for object in &seen.waiting {
+            warnings.push(format!(
+                "webhook events of {object} wait for a poll that holds its lock"
             ));
         }
         Report {
@@ -171,6 +199,7 @@ impl Health {
             oldest_due_seconds: oldest_due.map(secs),
             worker_idle_seconds: idle.map(secs),
             last_reconciliation: seen.reconciliation.clone(),
+            reconciling: seen.reconciling.clone(),
             checked_at: seen.checked.map(Millis::to_rfc3339),
         }
     }

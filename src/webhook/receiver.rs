@@ -4,11 +4,12 @@
 //! `GET /healthz` answers from the last health check (see `health.rs`).
 //!
 //! Answers: 401 for a missing, stale or wrong signature (logged at WARN, without the
-//! body), decided from the headers before any body is read when it can be; 413 for a
-//! body over 1 MiB (from `Content-Length`, before reading it); 408 for a request not
-//! complete within the request timeout; 400 for a body that is not a JSON array of
-//! events; 503 when the queue cannot be written or too many bodies are being read at
-//! once (HubSpot retries); 200 otherwise, duplicates included.
+//! body), decided from the headers before any body is read when it can be; 411 for a
+//! body without `Content-Length` (HubSpot always sends one); 413 for a body over 1 MiB
+//! (from `Content-Length`, before reading it); 408 for a body not in within five
+//! seconds or a request not complete within the request timeout; 400 for a body that
+//! is not a JSON array of events; 503 when the queue cannot be written or too many
+//! bodies are being read at once (HubSpot retries); 200 otherwise, duplicates included.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +22,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use super::event::parse_batch;
 use super::health::Health;
-use super::server::LimitLog;
+use super::server::{LimitLog, Verified};
 use super::signature::{Signed, Version, precheck, verify};
 use crate::state::State;
 use crate::timestamp::Millis;
@@ -39,8 +40,8 @@ const BODY_BUDGET: usize = 48 << 20;
 /// How long a request waits for room in the body budget before a 503.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 /// How long a body may take to arrive once its headers did: HubSpot's are a few
-/// kilobytes, sent at once; a body that trickles holds the budget.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// kilobytes, sent at once; a body that trickles holds the budget and a connection.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which signature versions are accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +111,9 @@ pub fn router(receiver: Arc<Receiver>, request_timeout: Duration) -> Router {
         }))
 }
 
-async fn receive(Shared(r): Shared<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
+async fn receive(Shared(r): Shared<Arc<Receiver>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = Millis::now();
     let (version, signature) = match (header("x-hubspot-signature-v3"), r.accept) {
@@ -148,6 +151,8 @@ async fn receive(Shared(r): Shared<Arc<Receiver>>, headers: HeaderMap, body: Bod
         );
         return refuse(&r, &hint);
     }
+    // From here on the connection is HubSpot's: never closed to make room.
+    let _verified = parts.extensions.get::<Verified>().map(Verified::hold);
     let events = match parse_batch(&body) {
         Ok(events) => events,
         Err(e) => {
@@ -174,34 +179,36 @@ async fn receive(Shared(r): Shared<Arc<Receiver>>, headers: HeaderMap, body: Bod
     }
 }
 
-/// Reads the body within the byte budget shared by all requests.
+/// Reads the body within the byte budget shared by all requests. The budget is taken as
+/// bytes arrive, not for what a request declares, so idle senders hold none of it; each
+/// frame is copied into one buffer of the declared size and dropped at once, so the
+/// memory held is the bytes received, whatever the framing.
 async fn read_body(r: &Receiver, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
-    let declared = headers
+    // HubSpot sends `Content-Length`; a chunked body would let the framing, not the
+    // bytes, decide what a request costs.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        r.log.note(
+            "body-length",
+            "refused a webhook without Content-Length (411)",
+        );
+        return Err((StatusCode::LENGTH_REQUIRED, "Content-Length required\n").into_response());
+    }
+    let Some(declared) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(MAX_BODY)
-        .min(MAX_BODY);
-    let permits = u32::try_from(declared.max(1)).unwrap_or(u32::MAX);
-    let Ok(Ok(_reserved)) = tokio::time::timeout(
-        BUDGET_WAIT,
-        Arc::clone(&r.budget).acquire_many_owned(permits),
-    )
-    .await
+        .and_then(|v| v.trim().parse::<usize>().ok())
     else {
         r.log.note(
-            "body-budget",
-            "too many webhook bodies being read at once: answered 503 (HubSpot retries)",
+            "body-length",
+            "refused a webhook without Content-Length (411)",
         );
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response());
+        return Err((StatusCode::LENGTH_REQUIRED, "Content-Length required\n").into_response());
     };
-    let read = http_body_util::Limited::new(body, declared).collect();
-    match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response())
-        }
-        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "body cut short\n").into_response()),
+    if declared > MAX_BODY {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response());
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, collect(r, body, declared)).await {
+        Ok(result) => result,
         Err(_) => {
             r.log.note(
                 "body-timeout",
@@ -210,6 +217,54 @@ async fn read_body(r: &Receiver, headers: &HeaderMap, body: Body) -> Result<Vec<
             Err((StatusCode::REQUEST_TIMEOUT, "body too slow\n").into_response())
         }
     }
+}
+
+/// Collects `declared` bytes of `body`, taking budget for each frame before keeping it.
+async fn collect(r: &Receiver, mut body: Body, declared: usize) -> Result<Vec<u8>, Response> {
+    let busy = || {
+        r.log.note(
+            "body-budget",
+            "too many webhook bodies being read at once: answered 503 (HubSpot retries)",
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response()
+    };
+    let mut bytes = Vec::with_capacity(declared);
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err((StatusCode::BAD_REQUEST, "body cut short\n").into_response());
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if bytes.len() + data.len() > declared {
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response());
+        }
+        let permits = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        if permits > 0 {
+            let budget = Arc::clone(&r.budget);
+            let permit = match budget.clone().try_acquire_many_owned(permits) {
+                Ok(permit) => permit,
+                Err(_) => {
+                    match tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(permits))
+                        .await
+                    {
+                        Ok(Ok(permit)) => permit,
+                        _ => return Err(busy()),
+                    }
+                }
+            };
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+        bytes.extend_from_slice(&data);
+    }
+    if bytes.len() < declared {
+        return Err((StatusCode::BAD_REQUEST, "body cut short\n").into_response());
+    }
+    Ok(bytes)
 }
 
 fn refuse(r: &Receiver, why: &str) -> Response {

@@ -1,10 +1,12 @@
 //! The HTTP server of `serve`, which anyone on the internet can reach. Every limit is set
 //! in hyper or tower before our handlers run: a header read timeout (a client that
 //! trickles its headers is dropped), a whole-request timeout, header and buffer caps, and
-//! a cap on open connections at which the oldest idle connection (no request in flight)
-//! is closed so that a real sender still gets in. Shutdown is bounded: in-flight requests
-//! get a grace period, then every connection is dropped. When a limit bites, one log
-//! line says so, at most every ten seconds per kind.
+//! a cap on open connections. At the cap the oldest connection without a verified
+//! request in flight is closed, so a real sender still gets in: idle connections and
+//! requests whose signature is not checked yet are what a flood is made of, while a
+//! request that proved it comes from HubSpot is never cut. Shutdown is bounded: in-flight
+//! requests get a grace period, then every connection is dropped. When a limit bites,
+//! one log line says so, at most every ten seconds per kind.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,10 +34,11 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
-/// Header bytes a request may have (431 above).
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// hyper's read buffer per connection.
-const MAX_BUFFER: usize = 32 * 1024;
+/// Header bytes a request may have (431 above); HubSpot's are about one kilobyte.
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// hyper's read buffer per connection (hyper's least is 8 KiB): with the header cap it
+/// bounds what an unfinished request costs to a few tens of kilobytes.
+const MAX_BUFFER: usize = 16 * 1024;
 
 /// One log line per kind of limit, at most every ten seconds, with how many were
 /// suppressed in between.
@@ -62,32 +65,59 @@ impl LimitLog {
     }
 }
 
-/// The open connections: when each was accepted, how many requests it has in flight,
-/// and how to close it.
+/// A connection's count of verified requests in flight, in each request's extensions:
+/// the receiver marks a request once its signature checks out, and a connection with a
+/// marked request is never closed to make room.
+#[derive(Clone, Default)]
+pub struct Verified(Arc<AtomicUsize>);
+
+impl Verified {
+    /// Marks one request verified until the guard is dropped.
+    pub fn hold(&self) -> VerifiedGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        VerifiedGuard(Arc::clone(&self.0))
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Keeps a request counted as verified while alive.
+pub struct VerifiedGuard(Arc<AtomicUsize>);
+
+impl Drop for VerifiedGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The open connections, in the order they were accepted, with their marks and how to
+/// close them.
 #[derive(Default)]
 struct Registry {
     next: AtomicUsize,
-    open: Mutex<BTreeMap<usize, (Arc<AtomicUsize>, AbortHandle)>>,
+    open: Mutex<BTreeMap<usize, (Verified, AbortHandle)>>,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, (Arc<AtomicUsize>, AbortHandle)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, (Verified, AbortHandle)>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes room for one more connection under `cap`: closes the oldest idle one when
-    /// full. Returns whether there is room.
+    /// Makes room for one more connection under `cap`: when full, closes the oldest
+    /// connection without a verified request in flight. Returns whether there is room.
     fn make_room(&self, cap: usize, log: &LimitLog) -> bool {
         let mut open = self.lock();
         open.retain(|_, (_, handle)| !handle.is_finished());
         if open.len() < cap {
             return true;
         }
-        let idle = open
+        let oldest = open
             .iter()
-            .find(|(_, (busy, _))| busy.load(Ordering::Acquire) == 0)
+            .find(|(_, (verified, _))| !verified.any())
             .map(|(id, _)| *id);
-        match idle {
+        match oldest {
             Some(id) => {
                 if let Some((_, handle)) = open.remove(&id) {
                     handle.abort();
@@ -95,7 +125,8 @@ impl Registry {
                 log.note(
                     "connections",
                     &format!(
-                        "{cap} connections open: closed the oldest idle one to let a new one in"
+                        "{cap} connections open: closed the oldest one without a verified \
+                         request to let a new one in"
                     ),
                 );
                 true
@@ -104,28 +135,13 @@ impl Registry {
                 log.note(
                     "connections",
                     &format!(
-                        "{cap} connections open, all with a request in flight: refused a new one"
+                        "{cap} connections open, all with a verified request in flight: \
+                         refused a new one"
                     ),
                 );
                 false
             }
         }
-    }
-}
-
-/// Counts a request in flight on its connection while alive.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn enter(busy: &Arc<AtomicUsize>) -> InFlight {
-        busy.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(busy))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -163,17 +179,17 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let busy = Arc::new(AtomicUsize::new(0));
+        let verified = Verified::default();
         let id = registry.next.fetch_add(1, Ordering::Relaxed);
         let handle = connections.spawn(connection(
             stream,
             app.clone(),
-            Arc::clone(&busy),
+            verified.clone(),
             limits,
             shutdown.clone(),
             Arc::clone(&log),
         ));
-        registry.lock().insert(id, (busy, handle));
+        registry.lock().insert(id, (verified, handle));
     }
     drop(listener);
     // Requests in flight get the grace period (each connection shuts down gracefully on
@@ -195,19 +211,14 @@ pub async fn serve(
 async fn connection(
     stream: tokio::net::TcpStream,
     app: Router,
-    busy: Arc<AtomicUsize>,
+    verified: Verified,
     limits: Limits,
     shutdown: Shutdown,
     log: Arc<LimitLog>,
 ) {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let app = app.clone();
-        let in_flight = InFlight::enter(&busy);
-        async move {
-            let response = app.oneshot(request.map(axum::body::Body::new)).await;
-            drop(in_flight);
-            response
-        }
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(verified.clone());
+        app.clone().oneshot(request.map(axum::body::Body::new))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -3,10 +3,12 @@
 //! the destination does not have to the sink through the same ledger as the poll,
 //! marking the events done in the same transaction. For each record the latest event
 //! decides: a deletion, or a change whose record is gone, becomes a tombstone; a record
-//! merged away becomes a tombstone with `mergedInto` (when the destination holds it). A
-//! delivery that fails is split until the failing records are alone: only their events
-//! are retried with backoff (×4 an attempt, at most an hour), and after `dead_after`
-//! attempts parked as dead letters; the rest of the batch goes through.
+//! merged away becomes a tombstone with `mergedInto` (when the destination holds it).
+//!
+//! A batch that fails (the fetch or the sink) is retried with backoff (×4 an attempt, at
+//! most an hour, counted per event) one record at a time, so the records that fail on
+//! their own are found without re-running a slow failure over and over, and after
+//! `dead_after` attempts their events are parked as dead letters; the rest go through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,7 +25,6 @@ use crate::lock::{LockHeld, ObjectLock};
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
-use crate::sink::HandlerKilled;
 use crate::state::Unassigned;
 use crate::state::{Queued, Sync};
 use crate::sync::{Engine, Loose};
@@ -102,7 +103,12 @@ impl Locks {
 }
 
 /// Delivers the events due now to `destination`, one batch per object; returns what it
-/// did. A failed record's events are retried later; the other records go on.
+/// did. Objects whose lock a poll holds are added to `waiting` and left out of the
+/// caller's next passes, so their events never crowd out the others.
+///
+/// A first attempt goes in batches; events that failed before go one record at a time,
+/// so a record that fails (a handler that hangs on it, a record HubSpot cannot return)
+/// holds back only its own events.
 ///
 /// # Errors
 /// When the state cannot be read or written, HubSpot refuses the token, or the
@@ -113,8 +119,12 @@ pub async fn drain_once(
     locks: &Locks,
     retry: Retry,
     shutdown: &Shutdown,
+    waiting: &mut Vec<String>,
 ) -> Result<Pass> {
-    let due = engine.state.due_events(Millis::now(), BATCH).await?;
+    let due = engine
+        .state
+        .due_events(Millis::now(), BATCH, waiting)
+        .await?;
     let mut pass = Pass {
         events: due.len(),
         ..Pass::default()
@@ -127,8 +137,8 @@ pub async fn drain_once(
             .push(event);
     }
     for (name, events) in by_object {
-        let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
         let Ok(object) = name.parse::<ObjectType>() else {
+            let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
             engine
                 .state
                 .events_failed(&keys, "unknown object type", Millis::now(), 1)
@@ -137,50 +147,75 @@ pub async fn drain_once(
         };
         let Some(_lock) = locks.take(&object)? else {
             pass.waiting += events.len();
+            waiting.push(name);
             continue;
         };
         let mut sync = engine
             .state
             .sync(&object, &locks.destination, Unassigned::Leave)
             .await?;
-        let units = match async {
-            sync.object = engine.resolve(&object).await?;
-            fetch(engine, &sync, &events).await
-        }
-        .await
-        {
-            Ok(units) => units,
-            // A refused token or a used-up day fails every batch alike: stop rather
-            // than bury the queue in dead letters.
+        match engine.resolve(&object).await {
+            Ok(resolved) => sync.object = resolved,
             Err(e) if is_auth_failure(&e) || is_daily_limit(&e) => return Err(e),
+            Err(_) if shutdown.requested() => continue,
             Err(e) => {
-                if !shutdown.requested() {
-                    failed(engine, &object, &events, &e, retry).await?;
-                    pass.failed += events.len();
-                }
+                failed(engine, &object, &events, &e, retry).await?;
+                pass.failed += events.len();
                 continue;
             }
-        };
-        let failures = settle(engine, &sync, &units).await;
-        for (unit, error) in failures {
-            let unit = &units[unit];
-            if shutdown.requested() {
-                continue;
-            }
-            let unit_events: Vec<Queued> = events
-                .iter()
-                .filter(|e| unit.keys.contains(&e.key))
-                .cloned()
-                .collect();
-            failed(engine, &object, &unit_events, &error, retry).await?;
-            pass.failed += unit_events.len();
         }
-        pass.delivered += units.iter().map(|u| u.keys.len()).sum::<usize>();
+        for batch in batches(events) {
+            if shutdown.requested() {
+                break;
+            }
+            match deliver(engine, &sync, &batch).await {
+                Ok(()) => pass.delivered += batch.len(),
+                // A refused token or a used-up day fails every batch alike: stop rather
+                // than bury the queue in dead letters.
+                Err(e) if is_auth_failure(&e) || is_daily_limit(&e) => return Err(e),
+                // Work cut short by a stop is no attempt: the events wait as they were.
+                Err(_) if shutdown.requested() => {}
+                Err(e) => {
+                    failed(engine, &object, &batch, &e, retry).await?;
+                    pass.failed += batch.len();
+                }
+            }
+        }
     }
     Ok(pass)
 }
 
-/// Counts a failed attempt on `events`: retried after the backoff, or dead.
+/// One object's due events as batches: the first attempts together, then each record
+/// with earlier failures on its own.
+fn batches(events: Vec<Queued>) -> Vec<Vec<Queued>> {
+    let (fresh, retried): (Vec<Queued>, Vec<Queued>) =
+        events.into_iter().partition(|e| e.attempts == 0);
+    let mut alone: BTreeMap<u64, Vec<Queued>> = BTreeMap::new();
+    for event in retried {
+        alone.entry(event.id).or_default().push(event);
+    }
+    std::iter::once(fresh)
+        .filter(|b| !b.is_empty())
+        .chain(alone.into_values())
+        .collect()
+}
+
+/// Fetches and delivers one batch, marking its events done in the same transaction.
+async fn deliver(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<()> {
+    let units = fetch(engine, sync, events).await?;
+    let loose = Loose {
+        versions: units.iter().flat_map(|u| u.versions.clone()).collect(),
+        gone: units.iter().flat_map(|u| u.gone.clone()).collect(),
+        current: Vec::new(),
+    };
+    let keys: Vec<String> = units.iter().flat_map(|u| u.keys.clone()).collect();
+    let delivered = engine.deliver_loose(sync, loose, Some(&keys)).await?;
+    tracing::debug!(object = %sync.object, events = keys.len(), delivered,
+        "webhook events delivered");
+    Ok(())
+}
+
+/// Counts a failed attempt on each of `events`: retried after its own backoff, or dead.
 async fn failed(
     engine: &Engine,
     object: &ObjectType,
@@ -188,23 +223,31 @@ async fn failed(
     error: &anyhow::Error,
     retry: Retry,
 ) -> Result<()> {
-    let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
-    let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(0) + 1;
-    let wait = retry.backoff(attempts);
     let error = format!("{error:#}");
-    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
-    tracing::warn!(%object, events = keys.len(), ids = ?ids, attempts,
-        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-        error = %error, "webhook delivery failed; retrying later");
-    engine
-        .state
-        .events_failed(&keys, &error, Millis::now().plus(wait), retry.dead_after)
-        .await?;
-    if attempts >= retry.dead_after {
-        tracing::error!(%object, events = keys.len(), ids = ?ids, attempts,
-            "webhook events parked as dead letters after {attempts} attempts \
-             (see `martech-sync dead-letters list`; the next reconciliation window still \
-             brings their records' changes)");
+    let mut by_attempt: BTreeMap<u32, Vec<&Queued>> = BTreeMap::new();
+    for event in events {
+        by_attempt
+            .entry(event.attempts.saturating_add(1))
+            .or_default()
+            .push(event);
+    }
+    for (attempts, events) in by_attempt {
+        let keys: Vec<String> = events.iter().map(|e| e.key.clone()).collect();
+        let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+        let wait = retry.backoff(attempts);
+        tracing::warn!(%object, events = keys.len(), ids = ?ids, attempts,
+            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %error, "webhook delivery failed; retrying later");
+        engine
+            .state
+            .events_failed(&keys, &error, Millis::now().plus(wait), retry.dead_after)
+            .await?;
+        if attempts >= retry.dead_after {
+            tracing::error!(%object, events = keys.len(), ids = ?ids, attempts,
+                "webhook events parked as dead letters after {attempts} attempts \
+                 (see `martech-sync dead-letters list`; the next reconciliation window still \
+                 brings their records' changes)");
+        }
     }
     Ok(())
 }
@@ -309,52 +352,6 @@ async fn fetch(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<Ve
         }
     }
     Ok(units.into_values().collect())
-}
-
-/// The units that failed on their own, with why, once a [`settle`] is done.
-type Settling<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(usize, anyhow::Error)>> + Send + 'a>>;
-
-/// Delivers `units` and marks their events done; a failing delivery is split in halves
-/// until the records that fail are alone, so one bad record does not hold back the
-/// rest of its batch. Returns the units that failed on their own, with why.
-fn settle<'a>(engine: &'a mut Engine, sync: &'a Sync, units: &'a [Unit]) -> Settling<'a> {
-    Box::pin(async move {
-        let loose = Loose {
-            versions: units.iter().flat_map(|u| u.versions.clone()).collect(),
-            gone: units.iter().flat_map(|u| u.gone.clone()).collect(),
-            current: Vec::new(),
-        };
-        let keys: Vec<String> = units.iter().flat_map(|u| u.keys.clone()).collect();
-        match engine.deliver_loose(sync, loose, Some(&keys)).await {
-            Ok(delivered) => {
-                tracing::debug!(object = %sync.object, events = keys.len(), delivered,
-                    "webhook events delivered");
-                Vec::new()
-            }
-            Err(error) if units.len() == 1 => vec![(0, error)],
-            // A killed handler (timeout, stop) is no one record's fault: halving the
-            // batch would only run it again and again. The whole batch backs off.
-            Err(error) if error.chain().any(|e| e.is::<HandlerKilled>()) => {
-                let error = format!("{error:#}");
-                (0..units.len())
-                    .map(|i| (i, anyhow::anyhow!("{error}")))
-                    .collect()
-            }
-            Err(_) => {
-                let (left, right) = units.split_at(units.len() / 2);
-                let mut failures = settle(engine, sync, left).await;
-                let offset = left.len();
-                failures.extend(
-                    settle(engine, sync, right)
-                        .await
-                        .into_iter()
-                        .map(|(i, e)| (i + offset, e)),
-                );
-                failures
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,33 @@ pub use schema::NewerSchema;
 #[error("{0} is not a martech-sync state file")]
 pub struct NotAStateFile(pub String);
 
+/// The state file has other names. SQLite finds its journal and locks by name, so two
+/// processes opening one file under two names can corrupt it
+/// (<https://www.sqlite.org/howtocorrupt.html>, "Multiple links to the same file"); our
+/// own locks are by name too. Exits 78.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "state file {path} has {links} hard links: SQLite and martech-sync's locks go by name, \
+     so two names for one file could corrupt it; copy the file instead of linking it"
+)]
+pub struct HardLinked {
+    pub path: String,
+    pub links: u64,
+}
+
+fn refuse_hard_links(meta: &std::fs::Metadata, name: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let links = meta.nlink();
+    if links > 1 {
+        return Err(HardLinked {
+            path: name.to_owned(),
+            links,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// A SQLite state file.
 pub struct Sqlite {
     conn: Mutex<Connection>,
@@ -85,6 +112,12 @@ impl Sqlite {
             }
             Err(e) => return Err(e).with_context(|| format!("creating state file {name}")),
         }
+        // By stat, never by opening it: closing a descriptor of the file would drop
+        // SQLite's POSIX locks on it (https://www.sqlite.org/howtocorrupt.html, 2.2).
+        let meta = std::fs::metadata(path).ok();
+        if let Some(meta) = &meta {
+            refuse_hard_links(meta, &name)?;
+        }
         let mut conn =
             Connection::open(path).with_context(|| format!("opening state file {name}"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -104,6 +137,9 @@ impl Sqlite {
             Err(e) if e.is::<schema::Foreign>() => NotAStateFile(format!("{name} ({e})")).into(),
             Err(e) => named(e, path),
         })?;
+        if let Some(meta) = &meta {
+            crate::private::warn_if_shared(meta, path);
+        }
         Ok(Sqlite {
             conn: Mutex::new(conn),
             path: path.to_owned(),
@@ -348,8 +384,8 @@ impl Storage for Sqlite {
         self.write(|tx| queue::enqueue(tx, events, now))
     }
 
-    async fn due_events(&self, now: Millis, limit: usize) -> Result<Vec<Queued>> {
-        self.with(|conn| queue::due(conn, now, limit))
+    async fn due_events(&self, now: Millis, limit: usize, skip: &[String]) -> Result<Vec<Queued>> {
+        self.with(|conn| queue::due(conn, now, limit, skip))
     }
 
     async fn dead_letters(&self) -> Result<Vec<Queued>> {

@@ -31,26 +31,38 @@ pub fn enqueue(tx: &Transaction<'_>, events: &[Event], now: Millis) -> Result<us
     Ok(new)
 }
 
-pub fn due(conn: &Connection, now: Millis, limit: usize) -> Result<Vec<Queued>> {
+pub fn due(conn: &Connection, now: Millis, limit: usize, skip: &[String]) -> Result<Vec<Queued>> {
     queued_where(
         conn,
-        "state = 'queued' AND next_attempt_ms <= ?1",
-        now.0,
+        "state = 'queued' AND next_attempt_ms <= ?1
+         AND object NOT IN (SELECT value FROM json_each(?3))",
+        (now.0, &serde_json::to_string(skip)?),
         limit,
     )
 }
 
 pub fn dead(conn: &Connection) -> Result<Vec<Queued>> {
-    queued_where(conn, "state = 'dead' AND ?1 = ?1", 0, usize::MAX >> 1)
+    queued_where(
+        conn,
+        "state = 'dead' AND ?1 = ?1 AND ?3 = ?3",
+        (0, "[]"),
+        usize::MAX >> 1,
+    )
 }
 
-fn queued_where(conn: &Connection, filter: &str, arg: i64, limit: usize) -> Result<Vec<Queued>> {
+/// The events matching `filter`, which takes `args` as `?1` and `?3` (`?2` is `limit`).
+fn queued_where(
+    conn: &Connection,
+    filter: &str,
+    args: (i64, &str),
+    limit: usize,
+) -> Result<Vec<Queued>> {
     let sql = format!(
         "SELECT key, object, object_id, kind, occurred_ms, attempts, last_error, merged_into
          FROM webhook_events WHERE {filter} ORDER BY occurred_ms, key LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![arg, i64::try_from(limit)?], |r| {
+    let rows = stmt.query_map(params![args.0, i64::try_from(limit)?, args.1], |r| {
         Ok(Queued {
             key: r.get(0)?,
             object: r.get(1)?,
