@@ -44,7 +44,7 @@ pub struct GlobalArgs {
 
     /// Read the token from this file (one line; keep it 0600). It wins over
     /// HUBSPOT_TOKEN.
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH", env = "HUBSPOT_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
 
     /// Kill an exec: handler that runs longer than this on one page, and fail the page
@@ -129,8 +129,9 @@ pub enum Command {
     Cursor(CursorCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions(CompletionsArgs),
-    /// Print the man page (roff) to stdout: `martech-sync man > martech-sync.1`.
-    Man,
+    /// Print the man page (roff) to stdout: `martech-sync man > martech-sync.1`; with
+    /// --dir, write one page per subcommand there.
+    Man(ManArgs),
     /// Serve the local fake HubSpot (CRM search, properties, batch read) for developing and testing handlers
     /// without an account. Prints its base URL on stdout, then serves until SIGINT/SIGTERM.
     MockHubspot(MockArgs),
@@ -139,7 +140,9 @@ pub enum Command {
 /// `poll OBJECT`.
 #[derive(Debug, Args)]
 pub struct PollArgs {
-    /// contacts, companies, deals, tickets, or a custom object type id (2-1234567).
+    /// The CRM object: contacts, companies, deals, tickets, products, line_items, quotes,
+    /// calls, emails, meetings, notes, tasks, communications, postal_mail, leads, or a
+    /// custom object by its name or type id (2-1234567).
     pub object: String,
 
     /// Start the window here instead of at the cursor: RFC 3339, a date (2024-01-01),
@@ -227,7 +230,7 @@ pub struct PassArgs {
 /// `status [OBJECT]`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Only this object.
+    /// Only this object (as for poll), with every detail of each of its destinations.
     pub object: Option<String>,
 
     /// JSON instead of a table.
@@ -381,6 +384,7 @@ pub enum DeadLettersCommand {
 pub enum CursorCommand {
     /// Print the cursor of OBJECT (RFC 3339), or `none`.
     Show {
+        /// The object, as for poll.
         object: String,
         #[command(flatten)]
         target: TargetArgs,
@@ -388,7 +392,10 @@ pub enum CursorCommand {
     /// Move the cursor of OBJECT to WHEN (RFC 3339, a date, epoch ms or an age such as 7d);
     /// an open window is closed. The next run starts at WHEN minus --overlap.
     Set {
+        /// The object, as for poll.
         object: String,
+        /// The new cursor: RFC 3339, a date (2024-01-01), epoch milliseconds, or an age
+        /// (7d, 36h; -7d alike). Not later than now.
         #[arg(value_name = "WHEN", allow_hyphen_values = true)]
         when: String,
         #[command(flatten)]
@@ -396,6 +403,7 @@ pub enum CursorCommand {
     },
     /// Forget the cursors and open windows of OBJECT: the next run covers all history.
     Reset {
+        /// The object, as for poll.
         object: String,
         #[command(flatten)]
         target: TargetArgs,
@@ -412,7 +420,17 @@ pub enum CursorCommand {
 /// `completions SHELL`.
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
+    /// The shell to complete for.
     pub shell: clap_complete::Shell,
+}
+
+/// `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write martech-sync.1 and a page per subcommand (martech-sync-poll.1, ...) into
+    /// this directory instead of printing the main page.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// `demo`.

@@ -63,7 +63,8 @@ pub enum CommandConfig {
     Mock(MockConfig),
     Cursor(CursorConfig),
     Completions(clap_complete::Shell),
-    Man,
+    /// Where to write one page per subcommand; `None`: the main page to stdout.
+    Man(Option<PathBuf>),
     Serve(ServeConfig),
     DeadLetters(DeadLettersConfig),
     Verify(VerifyConfig),
@@ -302,7 +303,7 @@ impl Config {
                 CommandConfig::DeadLetters(DeadLettersConfig::Retry)
             }
             Command::Completions(args) => CommandConfig::Completions(args.shell),
-            Command::Man => CommandConfig::Man,
+            Command::Man(args) => CommandConfig::Man(args.dir.clone()),
             Command::Demo(args) => CommandConfig::Demo(DemoConfig {
                 records: args.records,
                 client: ClientConfig {

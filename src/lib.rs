@@ -92,7 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
             CommandConfig::Mock(mock) => command::mock::run(mock).await,
             CommandConfig::Cursor(cursor) => command::cursor::run(&config.db, cursor).await,
             CommandConfig::Completions(shell) => command::generate::completions(*shell),
-            CommandConfig::Man => command::generate::man(),
+            CommandConfig::Man(dir) => command::generate::man(dir.as_deref()),
             CommandConfig::Serve(serve) => command::serve::run(&config.db, serve).await,
             CommandConfig::DeadLetters(dead) => command::dead_letters::run(&config.db, dead).await,
             CommandConfig::Verify(verify) => command::verify::run(&config.db, verify).await,

@@ -301,7 +301,7 @@ impl ObjectType {
         self.standard().map_or("hs_createdate", |s| s.created)
     }
 
-    /// The properties search returns when none are asked for (hubspot-api.md §7); also
+    /// The properties search returns when none are asked for (docs/HUBSPOT.md §7); also
     /// what `poll` asks for without `--properties`.
     pub fn default_properties(&self) -> &'static [&'static str] {
         self.standard().map_or(CUSTOM_DEFAULTS, |s| s.defaults)

@@ -16,7 +16,7 @@ pub struct Millis(pub i64);
 
 impl Millis {
     /// The earliest instant a first window starts from. HubSpot answers 500 to filters
-    /// at the epoch itself (hubspot-api.md §3), so history starts one second later.
+    /// at the epoch itself (docs/HUBSPOT.md §3), so history starts one second later.
     pub const BEGINNING: Millis = Millis(1_000);
 
     /// The current wall-clock time.

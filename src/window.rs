@@ -2,7 +2,7 @@
 //! and whether it resumes an interrupted window. Pure: the state it needs is passed in
 //! and the decision comes back, so every rule has a table test below.
 //!
-//! The rules (DESIGN.md, "The window engine"):
+//! The rules (docs/ARCHITECTURE.md, "The window engine"):
 //! - `lo = cursor − overlap`, or `--since`, or the beginning of time on a first run;
 //! - `hi = now − settle`, or `--until`, frozen for the whole run: records modified while
 //!   we page belong to the next window;

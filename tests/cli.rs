@@ -363,6 +363,44 @@ async fn completions_and_man_page_come_from_the_cli() {
         &man.stdout[..80]
     );
     assert!(man.stdout.contains("martech"));
+    // One page per subcommand, each with its own options.
+    let dir = env.path("man");
+    let dir_arg = dir.display().to_string();
+    env.cmd(&["man", "--dir", &dir_arg]).run().await.success();
+    for (page, option) in [
+        ("martech-sync.1", "--db"),
+        ("martech-sync-poll.1", "--since"),
+        ("martech-sync-serve.1", "--public-url"),
+        ("martech-sync-cursor-set.1", "WHEN"),
+        ("martech-sync-verify.1", "--repair"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"))
+            .replace("\\-", "-");
+        assert!(text.contains(option), "{page} lacks {option}");
+    }
+}
+
+#[test]
+fn every_argument_has_help() {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if arg.get_help().is_none() && !arg.is_hide_set() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(
+        &martech_sync::cli::Cli::command(),
+        "martech-sync",
+        &mut missing,
+    );
+    assert!(missing.is_empty(), "arguments without help: {missing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

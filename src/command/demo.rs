@@ -1,17 +1,19 @@
 //! `demo`: the whole job on an embedded default, no account needed. Starts the fake
 //! HubSpot on loopback with the fixture contacts plus synthetic ones, polls them into a
 //! temporary state file through the same code path as `poll`, changes a few records,
-//! polls again, and prints what happened at each step.
+//! deletes one and merges two, polls again after each, proves the copy matches with
+//! `verify`, and prints what happened at each step.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::config::{DemoConfig, PollConfig};
+use crate::config::{DemoConfig, PollConfig, VerifyConfig};
 use crate::destination::Destination;
 use crate::mock::{MockHubspot, Store, seed};
 use crate::object::ObjectType;
+use crate::progress::plural;
 use crate::report::RunReport;
 use crate::sink::SinkSpec;
 use crate::state::Pass;
@@ -26,7 +28,8 @@ use crate::window::{Ask, Margins};
 pub async fn run(config: &DemoConfig) -> Result<()> {
     let object: ObjectType = "contacts".parse().expect("contacts is an object");
     let mut store = Store::default();
-    let fixture = seed::parse_records(&object, seed::CONTACTS_FIXTURE)?;
+    let mut fixture = seed::parse_records(&object, seed::CONTACTS_FIXTURE)?;
+    fixture.truncate(usize::try_from(config.records).unwrap_or(usize::MAX));
     let fixture_count = fixture.len() as u64;
     store.extend(object.as_str(), fixture);
     let synthetic = config.records.saturating_sub(fixture_count);
@@ -46,9 +49,13 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "Started a local fake HubSpot at {} with {} contacts.",
+        "Started a local fake HubSpot at {} with {}.",
         mock.base_url(),
-        mock.store().len(object.as_str())
+        plural(
+            mock.store().len(object.as_str()) as u64,
+            "contact",
+            "contacts"
+        )
     )?;
     writeln!(
         out,
@@ -108,13 +115,66 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     step(
         &mut out,
         &format!(
-            "2. {} contacts changed in HubSpot, poll again",
-            changed.len()
+            "2. {} changed in HubSpot, poll again",
+            plural(changed.len() as u64, "contact", "contacts")
         ),
         &second,
     )?;
-    let third = super::poll::execute(&db, &poll).await?.into_result()?;
-    step(&mut out, "3. Nothing changed, poll again", &third)?;
+
+    // One contact deleted, two merged into a new record, as a person in HubSpot would.
+    let ids: Vec<u64> = mock
+        .store()
+        .live(object.as_str())
+        .map(|r| r.id)
+        .take(3)
+        .collect();
+    let mut next = 3;
+    if let [deleted, primary, other] = ids[..] {
+        let merged = {
+            let at = Millis::now();
+            let mut store = mock.store();
+            store.archive(object.as_str(), deleted, at);
+            store.merge(object.as_str(), primary, &[other], at)
+        };
+        let third = super::poll::execute(&db, &poll).await?.into_result()?;
+        step(
+            &mut out,
+            &format!(
+                "3. Contact {deleted} deleted, {primary} and {other} merged into {} in HubSpot, \
+                 poll again (tombstones: \"archived\": true, and \"mergedInto\")",
+                merged.map_or_else(|| "a new one".to_owned(), |id| id.to_string())
+            ),
+            &third,
+        )?;
+        next = 4;
+    }
+    let quiet = super::poll::execute(&db, &poll).await?.into_result()?;
+    step(
+        &mut out,
+        &format!("{next}. Nothing changed, poll again"),
+        &quiet,
+    )?;
+
+    writeln!(
+        out,
+        "{}. verify: HubSpot's live contacts (read without the search index) against the copy",
+        next + 1
+    )?;
+    out.flush()?;
+    super::verify::run(
+        &db,
+        &VerifyConfig {
+            object: object.clone(),
+            sink: None,
+            handlers: crate::sink::HandlerOptions::default(),
+            target: None,
+            repair: false,
+            json: false,
+            client: poll.client.clone(),
+        },
+    )
+    .await?;
+    writeln!(out)?;
 
     let state = crate::state::open(&db)?;
     let status = state.status().await?;
@@ -142,15 +202,21 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
 
 fn step(out: &mut impl Write, title: &str, r: &RunReport) -> Result<()> {
     writeln!(out, "{title}")?;
+    let tombstones = r.deletes.as_ref().map_or(0, |d| d.tombstones);
     writeln!(
         out,
-        "   window {} .. {}\n   {} pages, {} requests, {} records seen, {} delivered, {} skipped as already delivered, {} ms\n",
+        "   window {} .. {}\n   {}, {}, {} seen, {} delivered{}, {} skipped as already delivered, {} ms\n",
         r.window.lo,
         r.window.hi,
-        r.pages,
-        r.requests,
-        r.seen,
+        plural(r.pages, "page", "pages"),
+        plural(r.requests, "request", "requests"),
+        plural(r.seen, "record", "records"),
         r.delivered,
+        if tombstones > 0 {
+            format!(" (+{} from the deletion sweep)", tombstones)
+        } else {
+            String::new()
+        },
         r.skipped,
         r.duration_ms.unwrap_or(0)
     )?;

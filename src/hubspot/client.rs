@@ -272,7 +272,7 @@ impl Client {
 }
 
 /// Non-search requests a second: the official Node SDK's default, under the smallest
-/// tier's 100 per 10 s (hubspot-api.md §5).
+/// tier's 100 per 10 s (docs/HUBSPOT.md §5).
 const GENERAL_PER_SECOND: f64 = 9.0;
 
 /// Which of HubSpot's limits a request counts against.

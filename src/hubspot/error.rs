@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// HubSpot's error body (hubspot-api.md §9). Every field is optional, as HubSpot says.
+/// HubSpot's error body (docs/HUBSPOT.md §9). Every field is optional, as HubSpot says.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
@@ -74,7 +74,7 @@ impl ApiError {
     pub fn retry_cause(&self) -> Option<RetryCause> {
         match self {
             // The daily limit resets at midnight in the account's time zone: retrying
-            // only burns what the portal's other apps have left (hubspot-api.md §15).
+            // only burns what the portal's other apps have left (docs/HUBSPOT.md §15).
             ApiError::Status { status: 429, .. } if self.is_daily_limit() => None,
             ApiError::Status {
                 status: 429, body, ..
@@ -110,7 +110,7 @@ impl ApiError {
 
     /// Whether the token was refused: retrying on a later tick cannot help either. 530
     /// is what HubSpot's edge (Cloudflare) answers for a malformed token (Airbyte's
-    /// source-hubspot `streams.py`, hubspot-api.md §15).
+    /// source-hubspot `streams.py`, docs/HUBSPOT.md §15).
     pub fn is_auth(&self) -> bool {
         matches!(
             self,

@@ -1,5 +1,5 @@
 //! `--all-properties`: every property of an object without putting hundreds of names
-//! into the search body (HubSpot refuses bodies over 3,000 characters, hubspot-api.md §1,
+//! into the search body (HubSpot refuses bodies over 3,000 characters, docs/HUBSPOT.md §1,
 //! §10). The property names come from `GET /crm/v3/properties/{object}`; search returns
 //! ids only, and `POST /crm/v3/objects/{object}/batch/read` (≤ 100 ids a call) returns
 //! the values.

@@ -1,7 +1,7 @@
 //! The list endpoint, `GET /crm/v3/objects/{object}`: every record of an object, 100 a
 //! page, without the search index, so it sees what a lagging index hides. With
 //! `archived=true` it lists the recycle bin: the records deleted in the last 90 days,
-//! with `archivedAt` (hubspot-api.md §10). It counts against the general budget, not
+//! with `archivedAt` (docs/HUBSPOT.md §10). It counts against the general budget, not
 //! search's. `paging.next.after` is echoed back as HubSpot sent it: the docs call it the
 //! next record's id, the OpenAPI spec an opaque token.
 

@@ -3,7 +3,7 @@
 //! Every page is a fresh search `modified ≥ lo AND modified ≤ hi AND hs_object_id >
 //! last_id` (and `hs_object_id ≤ upto` for a slice that is not the last), sorted by
 //! `hs_object_id` ascending, never an `after` offset: an offset shifts when a record
-//! leaves the result set mid-scan and stops at 10,000 (DESIGN.md §2).
+//! leaves the result set mid-scan and stops at 10,000 (docs/ARCHITECTURE.md, "The window engine").
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,4 +1,4 @@
-//! The fake's HTTP endpoints, answering as HubSpot does (hubspot-api.md): CRM search,
+//! The fake's HTTP endpoints, answering as HubSpot does (docs/HUBSPOT.md): CRM search,
 //! batch read, the list endpoint (live or archived), the properties API and the account
 //! details, with HubSpot's error bodies, Bearer auth, a per-second search limit, faults
 //! and holds from the knobs, and the `DAILY` 429 once the account's day is used up.
@@ -146,7 +146,7 @@ fn answer_search(
     if !authorized(shared, headers) {
         return unauthorized(correlation_id);
     }
-    // HubSpot refuses search bodies over 3,000 characters (hubspot-api.md §1).
+    // HubSpot refuses search bodies over 3,000 characters (docs/HUBSPOT.md §1).
     if body.len() > 3_000 {
         return error(
             StatusCode::BAD_REQUEST,
@@ -170,7 +170,9 @@ fn answer_search(
         }
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            // HubSpot's own bodies for these statuses (hubspot-api.md §9).
+            // HubSpot's error body shape and categories (docs/HUBSPOT.md §9); the 403
+            // message is HubSpot's, the 400 and 404 messages stand in for texts HubSpot
+            // varies by endpoint (the client shows whatever message it gets).
             let (category, message) = match code {
                 400 => ("VALIDATION_ERROR", "There was a problem with the request."),
                 403 => (

@@ -1,6 +1,6 @@
 //! The fake's search semantics: filter groups (OR of ANDs), the operators HubSpot
 //! documents, one sort, `limit` ≤ 200, `after` as an offset capped at 10,000, and `total`
-//! (hubspot-api.md §1–§2), over what the index shows: archived records and records the
+//! (docs/HUBSPOT.md §1–§2), over what the index shows: archived records and records the
 //! index hides never match, and a record modified within its index lag shows its
 //! previous version. Pure: the server owns the effects.
 

@@ -1,4 +1,4 @@
-//! Webhook events: the JSON array HubSpot POSTs (hubspot-api.md §14), parsed from the
+//! Webhook events: the JSON array HubSpot POSTs (docs/HUBSPOT.md §14), parsed from the
 //! raw bytes (they are what is signed) into what the worker needs: which record of which
 //! object changed or went away, and when. Event ids are not unique, so an event's key is
 //! built from every field that tells two deliveries apart.

@@ -1,8 +1,10 @@
-//! HubSpot webhook signatures (hubspot-api.md §13), verified against the raw body.
+//! HubSpot webhook signatures (docs/HUBSPOT.md §13), verified against the raw body.
 //!
 //! - v3: `base64(HMAC-SHA256(secret, method + uri + body + timestamp))`, where `uri` is the
 //!   public URL HubSpot called with twelve escapes decoded, and the timestamp (epoch ms,
-//!   the header string as sent) must be within five minutes of now, either way.
+//!   the header string as sent) must be within five minutes of now, either way (HubSpot
+//!   asks to refuse older ones; one from the future is refused too, our choice, so a
+//!   captured request cannot be stored and replayed later).
 //! - v1: `hex(SHA-256(secret + body))`; v2: `hex(SHA-256(secret + method + uri + body))`.
 //!   Neither carries a timestamp, so neither resists replay: accepted only when asked.
 //!
@@ -224,7 +226,7 @@ mod tests {
         verify(SECRET, version, &signed, now)
     }
 
-    /// The vectors of hubspot-api.md §13, rows A to I.
+    /// The vectors of docs/HUBSPOT.md §13, rows A to I.
     #[test]
     fn hubspot_test_vectors() {
         let cases = [
