@@ -68,6 +68,9 @@ impl Progress {
         );
         bar.set_prefix(object.to_owned());
         bar.set_position(start.seen);
+        // A resumed window starts at its checkpoints: the ETA counts from here, not from
+        // a jump of thousands of records in no time.
+        bar.reset_eta();
         Progress {
             bar,
             mode,
@@ -150,13 +153,14 @@ pub fn summary_line(report: &RunReport) -> String {
         report.window.lo,
         report.window.hi,
     );
-    if let Some(recheck) = &report.recheck {
+    // The side passes only when they delivered something: a healthy run stays short.
+    if let Some(recheck) = report.recheck.as_ref().filter(|r| r.delivered > 0) {
         line.push_str(&format!(
             "; recheck {} delivered",
             plural(recheck.delivered, "record", "records")
         ));
     }
-    if let Some(deletes) = &report.deletes {
+    if let Some(deletes) = report.deletes.as_ref().filter(|d| d.tombstones > 0) {
         line.push_str(&format!(
             "; {} from deletions",
             plural(deletes.tombstones, "tombstone", "tombstones")

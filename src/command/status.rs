@@ -209,11 +209,15 @@ fn detail(out: &mut impl Write, s: &SyncStatus, now: Millis) -> Result<()> {
         )?;
         writeln!(
             out,
-            "                  window {} .. {}, {} requests, {} retries, {} rate-limited",
+            "                  window {} .. {}",
             instant(Millis(r.window.lo_ms)),
             instant(Millis(r.window.hi_ms)),
-            r.requests,
-            r.retries,
+        )?;
+        writeln!(
+            out,
+            "                  {}, {}, {} rate-limited",
+            plural(r.requests, "request", "requests"),
+            plural(r.retries, "retry", "retries"),
             r.rate_limited
         )?;
         if let Some(error) = &r.error {
