@@ -142,8 +142,18 @@ pub enum Command {
 pub struct PollArgs {
     /// The CRM object: contacts, companies, deals, tickets, products, line_items, quotes,
     /// calls, emails, meetings, notes, tasks, communications, postal_mail, leads, or a
-    /// custom object by its name or type id (2-1234567).
-    pub object: String,
+    /// custom object by its name or type id (2-1234567). Several, comma-separated
+    /// (contacts,companies,deals), run at once in one process under one pacing.
+    #[arg(
+        value_name = "OBJECT[,OBJECT...]",
+        required_unless_present = "all_objects"
+    )]
+    pub object: Option<String>,
+
+    /// Every standard CRM object the token can read: an object whose scope the token
+    /// lacks is skipped with one line naming the scope.
+    #[arg(long, conflicts_with = "object")]
+    pub all_objects: bool,
 
     /// Start the window here instead of at the cursor: RFC 3339, a date (2024-01-01),
     /// epoch milliseconds, or an age (7d, 36h, 90m; -7d alike).

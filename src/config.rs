@@ -11,7 +11,7 @@ use crate::cli::{
 };
 use crate::destination::Destination;
 use crate::hubspot::{ClientConfig, RetryPolicy};
-use crate::object::ObjectType;
+use crate::object::{ObjectType, STANDARD};
 use crate::progress::ProgressMode;
 use crate::sink::{HandlerOptions, SinkSpec};
 use crate::state::Pass;
@@ -138,7 +138,17 @@ pub struct MockConfig {
 /// `poll`.
 #[derive(Debug)]
 pub struct PollConfig {
+    /// The job of the first object; the others (`objects`) run the same job.
     pub job: PollJob,
+    /// Every object of the run when there are several (`poll a,b,c`, `--all-objects`);
+    /// empty for one.
+    pub objects: Vec<ObjectType>,
+    /// `--all-objects`: objects the token cannot read are skipped without a word of
+    /// failure.
+    pub all_objects: bool,
+    /// Whether the properties are each object's defaults (so another object gets its
+    /// own).
+    pub default_properties: bool,
     /// `None`: the sink the named destination was last given.
     pub sink: Option<SinkSpec>,
     pub handlers: HandlerOptions,
@@ -270,6 +280,9 @@ impl Config {
                 let client = client_config(global, &mut warnings)?;
                 CommandConfig::Poll(PollConfig {
                     job,
+                    objects: Vec::new(),
+                    all_objects: false,
+                    default_properties: false,
                     sink,
                     handlers: handlers(global, &[&client.token]),
                     client,
@@ -361,7 +374,14 @@ fn poll(
     now: Millis,
     warnings: &mut Vec<String>,
 ) -> Result<PollConfig, UsageError> {
-    let object = parse_object(&args.object)?;
+    let objects = poll_objects(args)?;
+    let object = objects[0].clone();
+    if objects.len() > 1 && !args.properties.is_empty() {
+        return Err(usage(
+            "--properties names one object's properties; with several objects, poll them one \
+             at a time (or use --all-properties)",
+        ));
+    }
     let bounds = Bounds {
         since: when("--since", args.since.as_deref(), now)?,
         until: when("--until", args.until.as_deref(), now)?,
@@ -407,6 +427,13 @@ fn poll(
     let client = client_config(global, warnings)?;
     Ok(PollConfig {
         handlers: handlers(global, &[&client.token]),
+        default_properties: !args.all_properties && args.properties.is_empty(),
+        objects: if objects.len() > 1 {
+            objects
+        } else {
+            Vec::new()
+        },
+        all_objects: args.all_objects,
         job: PollJob {
             object,
             destination,
@@ -433,6 +460,43 @@ fn poll(
         // mode's first backfill included), and a summary line after each.
         progress: ProgressMode::detect(global.quiet),
     })
+}
+
+/// The objects of `poll`: one, a comma-separated list (duplicates dropped), or every
+/// standard object.
+fn poll_objects(args: &PollArgs) -> Result<Vec<ObjectType>, UsageError> {
+    if args.all_objects {
+        return STANDARD.iter().map(|s| parse_object(s.name)).collect();
+    }
+    let list = args.object.as_deref().unwrap_or_default();
+    let mut objects: Vec<ObjectType> = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(usage(format!(
+                "`{list}`: an empty object name; separate objects with single commas"
+            )));
+        }
+        let object = parse_object(name)?;
+        if !objects.contains(&object) {
+            objects.push(object);
+        }
+    }
+    Ok(objects)
+}
+
+impl PollConfig {
+    /// The job of `object` in this run: the run's job, with the object's own default
+    /// properties when the run asked for defaults.
+    pub fn job_for(&self, object: &ObjectType) -> PollJob {
+        let mut job = PollJob {
+            object: object.clone(),
+            ..self.job.clone()
+        };
+        if self.default_properties {
+            job.wanted = Wanted::Named(defaults(object));
+        }
+        job
+    }
 }
 
 /// `cursor ...`, validated.

@@ -6,6 +6,7 @@
 //! opened, a state file with hard links, a lock directory others control); 130 a second stop signal (see `shutdown.rs`).
 
 use std::io::ErrorKind;
+use std::io::Write;
 use std::process::ExitCode;
 
 use crate::command::verify::DriftFound;
@@ -35,7 +36,8 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
     });
     if !broken_pipe {
-        eprintln!("error: {err:#}");
+        // Never a panic for a stderr that is gone (a closed pipe): the exit code says it.
+        let _ = writeln!(std::io::stderr(), "error: {err:#}");
     }
     ExitCode::from(code(err))
 }

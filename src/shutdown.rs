@@ -5,6 +5,7 @@
 //! killed. A second signal kills the handler's group and ends the process at once with
 //! 130; the state file is crash-safe anyway.
 
+use std::io::Write;
 use tokio::sync::watch;
 
 /// A cloneable stop flag.
@@ -56,7 +57,8 @@ impl Shutdown {
                 };
                 if count > 1 {
                     crate::sink::kill_running_handler();
-                    eprintln!(
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "error: {name} again: stopping now; the next run resumes the open window"
                     );
                     #[allow(

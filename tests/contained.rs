@@ -118,8 +118,18 @@ async fn sigterm_stops_the_handler_and_a_second_one_exits_130() {
         })
         .await;
         let started = Instant::now();
+        let mut child = child;
         sigterm(&child).await;
         if second {
+            // Signals sent back to back can merge into one: the second goes once the
+            // first was seen.
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("stopping after the page in hand") {
+                    break;
+                }
+            }
             sigterm(&child).await;
         }
         let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())

@@ -67,6 +67,9 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     client.base_url = mock.base_url();
     client.token = crate::token::Token::new(token);
     let poll = PollConfig {
+        objects: Vec::new(),
+        all_objects: false,
+        default_properties: false,
         job: PollJob {
             wanted: Wanted::Named(vec!["firstname".into(), "lastname".into(), "email".into()]),
             object: object.clone(),

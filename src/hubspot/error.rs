@@ -15,6 +15,27 @@ pub struct ErrorBody {
     pub category: Option<String>,
     pub correlation_id: Option<String>,
     pub policy_name: Option<String>,
+    #[serde(default)]
+    pub errors: Vec<ErrorDetail>,
+}
+
+/// One entry of an error body's `errors`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    #[serde(default)]
+    pub context: ErrorContext,
+}
+
+/// What a `MISSING_SCOPES` 403 says is needed (older bodies name `requiredScopes`, newer
+/// ones `requiredGranularScopes`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorContext {
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    #[serde(default)]
+    pub required_granular_scopes: Vec<String>,
 }
 
 /// A failed exchange with HubSpot.
@@ -135,6 +156,31 @@ impl ApiError {
 pub fn is_auth_failure(err: &anyhow::Error) -> bool {
     err.chain()
         .any(|e| e.downcast_ref::<ApiError>().is_some_and(ApiError::is_auth))
+}
+
+/// The scopes HubSpot asks for when `err` is (or wraps) a 403 `MISSING_SCOPES`: the
+/// token cannot read the object at all. `Some(empty)` when HubSpot named none.
+pub fn missing_scopes(err: &anyhow::Error) -> Option<Vec<String>> {
+    err.chain()
+        .find_map(|e| match e.downcast_ref::<ApiError>()? {
+            ApiError::Status {
+                status: 403,
+                body: Some(body),
+                ..
+            } if body.category.as_deref() == Some("MISSING_SCOPES") => Some(
+                body.errors
+                    .iter()
+                    .flat_map(|d| {
+                        if d.context.required_granular_scopes.is_empty() {
+                            d.context.required_scopes.clone()
+                        } else {
+                            d.context.required_granular_scopes.clone()
+                        }
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
 }
 
 /// Whether `err` is (or wraps) the account's daily limit: nothing works before it

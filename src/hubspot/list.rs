@@ -72,21 +72,25 @@ impl Client {
         listing: Listing,
         after: Option<&str>,
     ) -> Result<ListPage> {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        query.append_pair("limit", &PAGE.to_string());
-        query.append_pair("properties", object.modified_property());
-        query.append_pair(
-            "archived",
-            if listing == Listing::Archived {
-                "true"
-            } else {
-                "false"
-            },
-        );
-        if let Some(after) = after {
-            query.append_pair("after", after);
-        }
-        let path = format!("/crm/v3/objects/{}?{}", object.api_name(), query.finish());
+        // Built before the request: the serializer is not `Send`, so it must not live
+        // across the await.
+        let path = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &PAGE.to_string());
+            query.append_pair("properties", object.modified_property());
+            query.append_pair(
+                "archived",
+                if listing == Listing::Archived {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+            format!("/crm/v3/objects/{}?{}", object.api_name(), query.finish())
+        };
         let (response, correlation_id): (ListResponse, _) = self
             .send(Method::GET, &path, None::<&()>, Limit::General)
             .await?;

@@ -86,6 +86,9 @@ pub struct Knobs {
     pub portal_id: u64,
     /// The custom objects `GET /crm/v3/schemas` lists: name and type id.
     pub schemas: Vec<(String, String)>,
+    /// Objects (as named in the path) the token has no scope for: their search, list and
+    /// batch read get HubSpot's 403 `MISSING_SCOPES`.
+    pub unreadable: Vec<String>,
 }
 
 impl Default for Knobs {
@@ -105,6 +108,7 @@ impl Default for Knobs {
             daily_limit_reached: false,
             portal_id: 62_515,
             schemas: vec![("pets".to_owned(), PETS.to_owned())],
+            unreadable: Vec::new(),
         }
     }
 }

@@ -45,6 +45,32 @@ fn count_call(shared: &Shared, kind: &'static str) -> Option<Response> {
     None
 }
 
+/// HubSpot's 403 for an object the token has no scope for, when it is one
+/// (docs/HUBSPOT.md §9: the scopes needed are listed in `errors[].context`).
+fn scope_refused(shared: &Shared, object: &str) -> Option<Response> {
+    if !lock(&shared.knobs).unreadable.iter().any(|o| o == object) {
+        return None;
+    }
+    let scope = if object.starts_with("2-") {
+        "crm.objects.custom.read".to_owned()
+    } else {
+        format!("crm.objects.{object}.read")
+    };
+    let body = json!({
+        "status": "error",
+        "message": "This app hasn't been granted all required scopes to make this call. \
+                    Read more about required scopes here: https://developers.hubspot.com/scopes.",
+        "correlationId": correlation_id(shared),
+        "errors": [{
+            "message": "One or more of the following scopes are required.",
+            "context": {"requiredGranularScopes": [scope]},
+        }],
+        "links": {"scopes": "https://developers.hubspot.com/scopes"},
+        "category": "MISSING_SCOPES",
+    });
+    Some((StatusCode::FORBIDDEN, axum::Json(body)).into_response())
+}
+
 /// HubSpot's answer once the account's daily limit is used up (usage-details docs,
 /// verbatim shape).
 fn daily_limit(correlation_id: &str) -> Response {
@@ -65,7 +91,8 @@ async fn search(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = count_call(&shared, "search") {
+    if let Some(refused) = count_call(&shared, "search").or_else(|| scope_refused(&shared, &object))
+    {
         return refused;
     }
     // HubSpot counts a request against the limit when it arrives.
@@ -355,7 +382,9 @@ async fn batch_read(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = count_call(&shared, "batch_read") {
+    if let Some(refused) =
+        count_call(&shared, "batch_read").or_else(|| scope_refused(&shared, &object))
+    {
         return refused;
     }
     if lock(&shared.knobs).hold_batch_reads {
@@ -442,7 +471,9 @@ async fn list(
     headers: HeaderMap,
 ) -> Response {
     let archived = query.archived.unwrap_or(false);
-    if let Some(refused) = count_call(&shared, if archived { "list_archived" } else { "list" }) {
+    if let Some(refused) = count_call(&shared, if archived { "list_archived" } else { "list" })
+        .or_else(|| scope_refused(&shared, &object))
+    {
         return refused;
     }
     let correlation_id = correlation_id(&shared);

@@ -9,6 +9,7 @@
 //! shutdown gives it a few seconds to finish the page, then kills the group; and a child
 //! it left behind holding its pipes delays the page by at most a second.
 
+use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,16 +31,18 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long the pipes may stay open after the handler exited (a child it left behind).
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
-/// The process group of the handler running now, for the second signal to kill.
-static RUNNING: Mutex<Option<i32>> = Mutex::new(None);
+/// The process groups of the handlers running now (one per object of a run), for the
+/// second signal to kill.
+static RUNNING: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
-/// Kills the process group of the handler running now, if any: the process is about to
-/// exit and must not leave it behind to overlap the next run.
+/// Kills the process groups of the handlers running now, if any: the process is about
+/// to exit and must not leave them behind to overlap the next run.
 pub fn kill_running_handler() {
-    let group = *RUNNING
+    let groups = RUNNING
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(group) = group {
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    for group in groups {
         kill_group(group);
     }
 }
@@ -146,13 +149,18 @@ impl ExecSink {
             .spawn()
             .with_context(|| format!("starting handler `{}`", self.command))?;
         let group = child.id().and_then(|id| i32::try_from(id).ok());
-        *RUNNING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = group;
+        let running = || {
+            RUNNING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(group) = group {
+            running().insert(group);
+        }
         let outcome = self.supervise(&mut child, input).await;
-        *RUNNING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        if let Some(group) = group {
+            running().remove(&group);
+        }
         // Whatever happened, nothing of the group outlives the page.
         if let Some(group) = group {
             kill_group(group);

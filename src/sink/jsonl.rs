@@ -6,12 +6,17 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, Result};
 
 use super::{JsonlTarget, ndjson};
 use crate::object::ObjectType;
 use crate::record::Record;
+
+/// Held while a page is written to a file, so pages of objects that share a file never
+/// interleave.
+static WRITING: Mutex<()> = Mutex::new(());
 
 /// An open jsonl destination.
 pub struct JsonlSink {
@@ -79,6 +84,8 @@ impl JsonlSink {
                     .with_context(|| format!("writing records to {name}"))?;
             }
             Out::File(file) => {
+                // The objects of one run may share a file: one page at a time, whole.
+                let _one = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
                 let before = file.metadata()?.len();
                 let written = file.write_all(&bytes).and_then(|()| file.sync_data());
                 if let Err(e) = written {

@@ -1,5 +1,7 @@
 //! `poll OBJECT`: take the object's lock, run one window (or one per `--interval` tick),
-//! print the summary.
+//! print the summary. `poll a,b,c` and `--all-objects` run every object at once in one
+//! process: one client (so one pacing per HubSpot budget for all of them), and per
+//! object its own lock, engine, window and commit.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +18,8 @@ use crate::sync::{Engine, Finished, PollJob};
 use crate::timestamp::Millis;
 use crate::watch;
 
+mod several;
+
 /// A one-shot run stopped by a signal before its window was complete. Exits 1.
 #[derive(Debug, thiserror::Error)]
 #[error("stopped by a signal before the window was complete; the next run resumes it")]
@@ -27,6 +31,9 @@ pub struct Interrupted;
 /// Lock held, state file unusable, or the run's own failure (cursor unchanged).
 pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    if !config.objects.is_empty() {
+        return several::run(db, config, &shutdown).await;
+    }
     let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
     let (sink, destination) =
         resolve_sink(db, &config.job.destination, config.sink.as_ref()).await?;
@@ -43,12 +50,12 @@ pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
     )?;
     if let Some(interval) = config.interval {
         return watch::run(&mut engine, &job, interval, &shutdown, |report| {
-            print_summary(config, report)
+            print_summary(config.json, config.progress, report)
         })
         .await;
     }
     let finished = engine.poll(&job, Millis::now(), &shutdown).await?;
-    print_summary(config, &finished.report)?;
+    print_summary(config.json, config.progress, &finished.report)?;
     if finished.report.outcome == Outcome::Interrupted {
         return Err(Interrupted.into());
     }
@@ -78,11 +85,12 @@ pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
     engine.poll(&job, Millis::now(), &shutdown).await
 }
 
-fn print_summary(config: &PollConfig, report: &RunReport) -> Result<()> {
-    if config.progress == ProgressMode::Bar && report.outcome != crate::report::Outcome::Failed {
-        eprintln!("{}", summary_line(report));
+/// After a window: the summary line on a terminal, the JSON summary with `--json`.
+pub(crate) fn print_summary(json: bool, progress: ProgressMode, report: &RunReport) -> Result<()> {
+    if progress == ProgressMode::Bar && report.outcome != crate::report::Outcome::Failed {
+        let _ = writeln!(std::io::stderr(), "{}", summary_line(report));
     }
-    if config.json {
+    if json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, report)?;
         writeln!(out).context("writing the run summary to stdout")?;
