@@ -1124,11 +1124,25 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    /// Says so when the retries are cut short (a stop that could not wait for them).
+    struct Unrecorded<'a>(Option<&'a ObjectType>);
+    impl Drop for Unrecorded<'_> {
+        fn drop(&mut self) {
+            if let Some(object) = self.0 {
+                tracing::error!(%object, "stopped before the state recorded what the sink \
+                    confirmed: those records will be handed over again");
+            }
+        }
+    }
+    let mut pending = Unrecorded(Some(object));
     let mut wait = Duration::from_millis(500);
     let mut attempt = 1;
     loop {
         match write().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                pending.0 = None;
+                return Ok(());
+            }
             Err(e) if attempt < RECORD_TRIES => {
                 tracing::warn!(%object, attempt, error = %format!("{e:#}"),
                     "the sink has the records but the state could not record them; retrying");
@@ -1137,6 +1151,7 @@ where
                 attempt += 1;
             }
             Err(e) => {
+                pending.0 = None;
                 return Err(e.context(
                     "the sink has the records but the state could not record them, so they \
                      will be handed over again",

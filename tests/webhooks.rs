@@ -534,7 +534,7 @@ async fn one_failing_record_does_not_hold_back_its_batch() {
     let loader = "exec:input=$(cat); \
         if printf '%s' \"$input\" | grep -q '\"id\":\"7\"'; then echo 'cannot load 7' >&2; exit 3; fi; \
         printf '%s\\n' \"$input\" >> out.jsonl";
-    let serve = Serve::start(&env, &["--sink", loader, "--dead-after", "2"]).await;
+    let serve = Serve::start(&env, &["--sink", loader, "--dead-after", "4"]).await;
     let at = Millis::now().0;
     let deletions: Vec<Value> = (1..=20).map(|id| event(id, "deletion", at, id)).collect();
     assert_eq!(serve.send(&Value::from(deletions).to_string()).await.0, 200);
@@ -706,14 +706,15 @@ async fn a_handler_that_hangs_on_one_record_holds_back_only_that_record() {
             "--handler-timeout",
             "1s",
             "--dead-after",
-            "2",
+            "4",
         ],
     )
     .await;
     let at = Millis::now().0;
     let deletions: Vec<Value> = (1..=20).map(|id| event(id, "deletion", at, id)).collect();
     assert_eq!(serve.send(&Value::from(deletions).to_string()).await.0, 200);
-    // The batch times out once; then each record goes alone and only 7 hangs again.
+    // The batch times out twice, a batch of ten once; then each record goes alone and
+    // only 7 hangs again.
     eventually(Duration::from_secs(30), || {
         env.lines("out.jsonl").len() == 19
     })
@@ -819,6 +820,9 @@ async fn forged_bodies_cannot_take_the_budget_or_the_connections_of_real_senders
     for _ in 0..40 {
         forged.push(open_with(&addr, &forged_head(Some(1 << 20), false)).await);
     }
+    // A connection is safe from eviction for its first second: the flood has been on
+    // that long when the real sender comes.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     let at = Millis::now().0;
     for id in 1..=3 {
         let body = json!([event(id, "creation", at, id)]).to_string();
@@ -833,4 +837,36 @@ async fn forged_bodies_cannot_take_the_budget_or_the_connections_of_real_senders
     })
     .await;
     serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_down_for_a_moment_catches_up_in_batches() {
+    let env = Env::contacts(300).await;
+    std::fs::write(env.path("down"), "").unwrap();
+    let loader = "exec:test -e down && exit 1; cat >> out.jsonl; echo run >> runs.log";
+    let serve = Serve::start(&env, &["--sink", loader]).await;
+    let at = Millis::now().0;
+    let creations: Vec<Value> = (1..=300).map(|id| event(id, "creation", at, id)).collect();
+    assert_eq!(serve.send(&Value::from(creations).to_string()).await.0, 200);
+    // Every batch failed once; then the sink comes back.
+    let started = Instant::now();
+    while env.mock.calls("batch_read") < 3 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no attempt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(env.path("down")).unwrap();
+    eventually(Duration::from_secs(30), || {
+        env.lines("out.jsonl").len() == 300
+    })
+    .await;
+    serve.stop().await;
+    let runs = std::fs::read_to_string(env.path("runs.log")).unwrap();
+    // Batches of 100, or of 10 for those that failed twice before the sink came back;
+    // one record at a time would take 300 runs.
+    assert!(
+        runs.lines().count() <= 30,
+        "{} handler runs for 300 records: the retry went record by record",
+        runs.lines().count()
+    );
+    assert!(id_counts(&env.lines("out.jsonl")).values().all(|n| *n == 1));
 }

@@ -126,6 +126,8 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
         health: Arc::clone(&health),
         log: Arc::clone(&log),
         budget: Receiver::body_budget(),
+        writer: tokio::sync::Mutex::new(()),
+        seen: std::sync::Mutex::default(),
     });
     let limits = Limits {
         max_connections: connection_cap(config.max_connections),

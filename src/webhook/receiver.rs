@@ -11,6 +11,7 @@
 //! is not a JSON array of events; 503 when the queue cannot be written or too many
 //! bodies are being read at once (HubSpot retries); 200 otherwise, duplicates included.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use tower_http::timeout::TimeoutLayer;
 use super::event::parse_batch;
 use super::health::Health;
 use super::server::{LimitLog, Verified};
-use super::signature::{Signed, Version, precheck, verify};
+use super::signature::{MAX_SKEW_MS, Signed, Version, precheck, verify};
 use crate::state::State;
 use crate::timestamp::Millis;
 
@@ -37,6 +38,8 @@ use crate::timestamp::Millis;
 pub const MAX_BODY: usize = 1 << 20;
 /// Body bytes read at once across all requests: bounds memory whatever arrives.
 const BODY_BUDGET: usize = 48 << 20;
+/// What a body's buffer starts at (HubSpot's batches are a few kilobytes).
+const INITIAL_BUFFER: usize = 64 << 10;
 /// How long a request waits for room in the body budget before a 503.
 const BUDGET_WAIT: Duration = Duration::from_secs(1);
 /// How long a body may take to arrive once its headers did: HubSpot's are a few
@@ -67,12 +70,47 @@ pub struct Receiver {
     pub log: Arc<LimitLog>,
     /// Bytes of bodies being read.
     pub budget: Arc<Semaphore>,
+    /// One enqueue at a time: a flood of valid requests waits here, asynchronously,
+    /// rather than each taking a blocking thread to wait on the state's lock.
+    pub writer: tokio::sync::Mutex<()>,
+    /// The signatures of requests queued in the last five minutes: a replay of one (a
+    /// captured request sent again) is answered from here without touching the state.
+    pub seen: std::sync::Mutex<HashMap<String, Millis>>,
 }
+
+/// Signatures remembered at most, so a flood of distinct ones cannot grow the map.
+const SEEN_MAX: usize = 50_000;
 
 impl Receiver {
     /// The budget of body bytes read at once.
     pub fn body_budget() -> Arc<Semaphore> {
         Arc::new(Semaphore::new(BODY_BUDGET))
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Millis>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a request with this (verified) signature was queued less than five minutes
+    /// ago.
+    fn replayed(&self, signature: &str, now: Millis) -> bool {
+        self.seen()
+            .get(signature.trim())
+            .is_some_and(|at| now.0 - at.0 <= MAX_SKEW_MS)
+    }
+
+    /// Remembers that a request with this signature was queued.
+    fn remember(&self, signature: &str, now: Millis) {
+        let mut seen = self.seen();
+        if seen.len() >= SEEN_MAX {
+            seen.retain(|_, at| now.0 - at.0 <= MAX_SKEW_MS);
+            if seen.len() >= SEEN_MAX {
+                seen.clear();
+            }
+        }
+        seen.insert(signature.trim().to_owned(), now);
     }
 }
 
@@ -160,9 +198,17 @@ async fn receive(Shared(r): Shared<Arc<Receiver>>, request: Request) -> Response
             return (StatusCode::BAD_REQUEST, "not a JSON array of events\n").into_response();
         }
     };
+    if r.replayed(signature, now) {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
     let count = events.len();
-    match r.state.enqueue(&events, now).await {
+    let queued = {
+        let _one = r.writer.lock().await;
+        r.state.enqueue(&events, now).await
+    };
+    match queued {
         Ok(new) => {
+            r.remember(signature, now);
             r.health.enqueued(None);
             tracing::debug!(events = count, new, "webhook accepted");
             if new > 0 {
@@ -181,8 +227,8 @@ async fn receive(Shared(r): Shared<Arc<Receiver>>, request: Request) -> Response
 
 /// Reads the body within the byte budget shared by all requests. The budget is taken as
 /// bytes arrive, not for what a request declares, so idle senders hold none of it; each
-/// frame is copied into one buffer of the declared size and dropped at once, so the
-/// memory held is the bytes received, whatever the framing.
+/// frame is copied into one growing buffer and dropped at once, so the memory held is the
+/// bytes received, whatever the framing or the declared length.
 async fn read_body(r: &Receiver, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
     // HubSpot sends `Content-Length`; a chunked body would let the framing, not the
     // bytes, decide what a request costs.
@@ -228,7 +274,8 @@ async fn collect(r: &Receiver, mut body: Body, declared: usize) -> Result<Vec<u8
         );
         (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response()
     };
-    let mut bytes = Vec::with_capacity(declared);
+    // Grown as bytes arrive: a declared length costs nothing until it is sent.
+    let mut bytes = Vec::with_capacity(declared.min(INITIAL_BUFFER));
     let mut held: Option<OwnedSemaphorePermit> = None;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {

@@ -4,7 +4,8 @@
 //! a cap on open connections. At the cap the oldest connection without a verified
 //! request in flight is closed, so a real sender still gets in: idle connections and
 //! requests whose signature is not checked yet are what a flood is made of, while a
-//! request that proved it comes from HubSpot is never cut. Shutdown is bounded: in-flight
+//! request that proved it comes from HubSpot is never cut, nor a connection in its first
+//! second (a flood of reconnecting sockets cannot cut a sender mid-request). Shutdown is bounded: in-flight
 //! requests get a grace period, then every connection is dropped. When a limit bites,
 //! one log line says so, at most every ten seconds per kind.
 
@@ -92,35 +93,47 @@ impl Drop for VerifiedGuard {
     }
 }
 
-/// The open connections, in the order they were accepted, with their marks and how to
-/// close them.
+/// An open connection: when it was accepted, its mark, and how to close it.
+struct Open {
+    accepted: Instant,
+    verified: Verified,
+    handle: AbortHandle,
+}
+
+/// The open connections, in the order they were accepted.
 #[derive(Default)]
 struct Registry {
     next: AtomicUsize,
-    open: Mutex<BTreeMap<usize, (Verified, AbortHandle)>>,
+    open: Mutex<BTreeMap<usize, Open>>,
 }
 
+/// How long a new connection is safe from being closed to make room: a real sender
+/// sends its request within milliseconds, so a flood of reconnecting sockets cannot cut
+/// it halfway.
+const GRACE: Duration = Duration::from_secs(1);
+
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, (Verified, AbortHandle)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, Open>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes room for one more connection under `cap`: when full, closes the oldest
-    /// connection without a verified request in flight. Returns whether there is room.
+    /// connection past its grace period without a verified request in flight. Returns
+    /// whether there is room.
     fn make_room(&self, cap: usize, log: &LimitLog) -> bool {
         let mut open = self.lock();
-        open.retain(|_, (_, handle)| !handle.is_finished());
+        open.retain(|_, o| !o.handle.is_finished());
         if open.len() < cap {
             return true;
         }
         let oldest = open
             .iter()
-            .find(|(_, (verified, _))| !verified.any())
+            .find(|(_, o)| !o.verified.any() && o.accepted.elapsed() >= GRACE)
             .map(|(id, _)| *id);
         match oldest {
             Some(id) => {
-                if let Some((_, handle)) = open.remove(&id) {
-                    handle.abort();
+                if let Some(o) = open.remove(&id) {
+                    o.handle.abort();
                 }
                 log.note(
                     "connections",
@@ -135,8 +148,8 @@ impl Registry {
                 log.note(
                     "connections",
                     &format!(
-                        "{cap} connections open, all with a verified request in flight: \
-                         refused a new one"
+                        "{cap} connections open, all new or with a verified request in \
+                         flight: refused a new one"
                     ),
                 );
                 false
@@ -189,7 +202,14 @@ pub async fn serve(
             shutdown.clone(),
             Arc::clone(&log),
         ));
-        registry.lock().insert(id, (verified, handle));
+        registry.lock().insert(
+            id,
+            Open {
+                accepted: Instant::now(),
+                verified,
+                handle,
+            },
+        );
     }
     drop(listener);
     // Requests in flight get the grace period (each connection shuts down gracefully on

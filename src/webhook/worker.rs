@@ -6,9 +6,10 @@
 //! merged away becomes a tombstone with `mergedInto` (when the destination holds it).
 //!
 //! A batch that fails (the fetch or the sink) is retried with backoff (×4 an attempt, at
-//! most an hour, counted per event) one record at a time, so the records that fail on
-//! their own are found without re-running a slow failure over and over, and after
-//! `dead_after` attempts their events are parked as dead letters; the rest go through.
+//! most an hour, counted per event): once whole, then in batches of ten records, then one
+//! record at a time, so a short outage costs one retry per batch and a record that fails
+//! on its own is soon alone; after `dead_after` attempts its events are parked as dead
+//! letters, and the rest go through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ use crate::timestamp::Millis;
 
 /// Events taken at a time (HubSpot's batch read takes 100 ids).
 const BATCH: usize = 100;
+/// Records a batch of events that failed twice holds.
+const NARROW: usize = 10;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
 
@@ -106,9 +109,9 @@ impl Locks {
 /// did. Objects whose lock a poll holds are added to `waiting` and left out of the
 /// caller's next passes, so their events never crowd out the others.
 ///
-/// A first attempt goes in batches; events that failed before go one record at a time,
-/// so a record that fails (a handler that hangs on it, a record HubSpot cannot return)
-/// holds back only its own events.
+/// Events go in batches that narrow as they keep failing (see [`batches`]), so a record
+/// that fails (a handler that hangs on it, a record HubSpot cannot return) ends up
+/// holding back only its own events, while a short outage costs one retry of each batch.
 ///
 /// # Errors
 /// When the state cannot be read or written, HubSpot refuses the token, or the
@@ -185,19 +188,44 @@ pub async fn drain_once(
     Ok(pass)
 }
 
-/// One object's due events as batches: the first attempts together, then each record
-/// with earlier failures on its own.
+/// One object's due events as batches, by how often they failed: a first attempt and
+/// the first retry go in batches of [`BATCH`] (so a sink that was down for a moment
+/// catches up at full speed), the next retry in batches of [`NARROW`], and later ones
+/// one record at a time (so a record the handler fails or hangs on ends up alone and
+/// holds back only its own events). A record's events always share a batch.
 fn batches(events: Vec<Queued>) -> Vec<Vec<Queued>> {
-    let (fresh, retried): (Vec<Queued>, Vec<Queued>) =
-        events.into_iter().partition(|e| e.attempts == 0);
-    let mut alone: BTreeMap<u64, Vec<Queued>> = BTreeMap::new();
-    for event in retried {
-        alone.entry(event.id).or_default().push(event);
+    let mut by_size: BTreeMap<usize, BTreeMap<u64, Vec<Queued>>> = BTreeMap::new();
+    for event in events {
+        let size = match event.attempts {
+            0 | 1 => BATCH,
+            2 => NARROW,
+            _ => 1,
+        };
+        by_size
+            .entry(size)
+            .or_default()
+            .entry(event.id)
+            .or_default()
+            .push(event);
     }
-    std::iter::once(fresh)
-        .filter(|b| !b.is_empty())
-        .chain(alone.into_values())
-        .collect()
+    let mut batches = Vec::new();
+    // Larger batches (fresher events) first.
+    for (size, records) in by_size.into_iter().rev() {
+        let mut batch: Vec<Queued> = Vec::new();
+        let mut in_batch = 0;
+        for record in records.into_values() {
+            if in_batch == size {
+                batches.push(std::mem::take(&mut batch));
+                in_batch = 0;
+            }
+            batch.extend(record);
+            in_batch += 1;
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+    }
+    batches
 }
 
 /// Fetches and delivers one batch, marking its events done in the same transaction.
@@ -366,5 +394,30 @@ mod tests {
         };
         let secs: Vec<u64> = (1..=8).map(|a| retry.backoff(a).as_secs()).collect();
         assert_eq!(secs, [1, 4, 16, 64, 256, 1024, 3600, 3600]);
+    }
+
+    fn queued(id: u64, attempts: u32) -> Queued {
+        Queued {
+            key: format!("{id}-{attempts}"),
+            object: "contacts".to_owned(),
+            id,
+            kind: "contact.creation".to_owned(),
+            occurred_ms: 0,
+            attempts,
+            last_error: None,
+            merged_into: None,
+        }
+    }
+
+    #[test]
+    fn batches_narrow_as_events_keep_failing() {
+        let mut events: Vec<Queued> = (1..=150).map(|id| queued(id, 0)).collect();
+        events.extend((151..=250).map(|id| queued(id, 1)));
+        events.extend((251..=275).map(|id| queued(id, 2)));
+        events.extend((276..=278).map(|id| queued(id, 5)));
+        // Two events of one record stay together.
+        events.push(queued(260, 2));
+        let sizes: Vec<usize> = batches(events).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [100, 100, 50, 11, 10, 5, 1, 1, 1]);
     }
 }
