@@ -65,7 +65,20 @@ pub struct GlobalArgs {
     #[arg(long, env = "HUBSPOT_RATE_LIMIT", default_value_t = 4.0, global = true)]
     pub rate_limit: f64,
 
-    /// Give up on a request that got no complete answer within this time.
+    /// Other requests (list, batch read, properties) per second for this process:
+    /// HubSpot's general budget is 100 to 250 per 10 s per app, so the default leaves
+    /// room for the portal's other apps. Lowered after a 429 and when HubSpot's
+    /// rate-limit headers say the budget runs low.
+    #[arg(
+        long,
+        env = "HUBSPOT_GENERAL_RATE_LIMIT",
+        default_value_t = 8.0,
+        global = true
+    )]
+    pub general_rate_limit: f64,
+
+    /// A request without a complete answer within this time is retried (then given up on
+    /// after --max-attempts or --retry-budget).
     #[arg(long, default_value = "30s", value_parser = duration, global = true)]
     pub timeout: Duration,
 
@@ -503,6 +516,11 @@ pub struct MockArgs {
     /// Every this long, merge two random contacts into a new one.
     #[arg(long, value_name = "DUR", value_parser = duration)]
     pub merge_every: Option<Duration>,
+
+    /// Objects the token has no scope for: their requests get HubSpot's 403
+    /// MISSING_SCOPES (to try how a multi-object run skips them).
+    #[arg(long, value_name = "OBJECT,...", value_delimiter = ',')]
+    pub unreadable: Vec<String>,
 }
 
 /// Parses `--interval`: whole seconds, or a duration such as `5m`.

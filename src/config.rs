@@ -133,6 +133,7 @@ pub struct MockConfig {
     pub modify: Option<(std::time::Duration, u64)>,
     pub delete_every: Option<std::time::Duration>,
     pub merge_every: Option<std::time::Duration>,
+    pub unreadable: Vec<String>,
 }
 
 /// `poll`.
@@ -198,11 +199,15 @@ impl Config {
             quiet: global.quiet,
             format: global.log_format,
         };
-        if !(global.rate_limit > 0.0 && global.rate_limit.is_finite()) {
-            return Err(usage(format!(
-                "--rate-limit must be a positive number of requests per second, not {}",
-                global.rate_limit
-            )));
+        for (flag, rate) in [
+            ("--rate-limit", global.rate_limit),
+            ("--general-rate-limit", global.general_rate_limit),
+        ] {
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(usage(format!(
+                    "{flag} must be a positive number of requests per second, not {rate}"
+                )));
+            }
         }
         if global.max_attempts == 0 {
             return Err(usage("--max-attempts must be at least 1"));
@@ -323,6 +328,7 @@ impl Config {
                     base_url: String::new(),
                     token: Token::new("demo"),
                     rate_limit: 1_000.0,
+                    general_rate_limit: 1_000.0,
                     timeout: global.timeout,
                     retry: retry_policy(global),
                 },
@@ -355,6 +361,11 @@ impl Config {
                     modify: args.modify_every.map(|every| (every, args.modify_count)),
                     delete_every: args.delete_every,
                     merge_every: args.merge_every,
+                    unreadable: args
+                        .unreadable
+                        .iter()
+                        .map(|s| s.trim().to_owned())
+                        .collect(),
                 })
             }
         };
@@ -665,7 +676,7 @@ fn client_config(
     .map_err(|e| {
         if global.token.is_none() && global.token_file.is_none() {
             usage(
-                "no HubSpot token: set HUBSPOT_TOKEN or pass --token-file PATH (a private-app access token)",
+                "no HubSpot token: set HUBSPOT_TOKEN_FILE (or HUBSPOT_TOKEN) or pass --token-file PATH (a private-app access token)",
             )
         } else {
             e
@@ -681,6 +692,7 @@ fn client_config(
         base_url: global.base_url.clone(),
         token,
         rate_limit: global.rate_limit,
+        general_rate_limit: global.general_rate_limit,
         timeout: global.timeout,
         retry: retry_policy(global),
     })

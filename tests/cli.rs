@@ -410,3 +410,22 @@ async fn a_pipe_gets_no_progress_output() {
     assert_eq!(out.stderr, "", "cron and pipes get silence on success");
     assert_eq!(out.stdout, "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_in_an_object_name_creates_no_sync() {
+    let env = Env::contacts(10).await;
+    env.poll(&[]).run().await.success();
+    for args in [
+        &["cursor", "reset", "contact", "--yes"][..],
+        &["cursor", "set", "contact", "2024-01-01"][..],
+    ] {
+        let out = env.cmd(args).run().await.code(2);
+        assert!(
+            out.error_line().contains("did you mean contacts?"),
+            "{}",
+            out.stderr
+        );
+    }
+    let status = env.status().await;
+    assert_eq!(status["objects"].as_array().unwrap().len(), 1, "{status}");
+}

@@ -297,3 +297,56 @@ async fn the_retry_budget_ends_a_request_that_keeps_failing() {
     // The second wait (200–400 ms after ~150 ms) no longer fits in 300 ms.
     assert_eq!(env.mock.searches(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_general_budget_is_paced_by_hubspots_headers_and_429s() {
+    let env = Env::contacts(4_000).await;
+    env.poll(&[]).run().await.success();
+    // A general budget of 20 requests a second, with its headers; verify reads 40 pages
+    // of the list endpoint, asking for five times the budget.
+    env.mock.knobs().general_limit = Some((20, Duration::from_secs(1)));
+    let before = env.mock.answered(429);
+    let out = env
+        .cmd(&[
+            "verify",
+            "contacts",
+            "--json",
+            "--general-rate-limit",
+            "100",
+        ])
+        .run()
+        .await
+        .success();
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "match", "{report}");
+    assert!(env.mock.calls("list") >= 40);
+    let limited = env.mock.answered(429) - before;
+    assert!(
+        limited <= 1,
+        "{limited} 429s: the headers said the budget ran low before it ran out"
+    );
+
+    // Without headers to go by, a 429 halves the pace: few 429s, not one a request.
+    env.mock.knobs().general_limit = None;
+    env.mock.knobs().rate_limit = Some(5);
+    let before = env.mock.answered(429);
+    let searches = env.mock.searches();
+    env.poll(&[
+        "--since",
+        "2000-01-01",
+        "--retry-base",
+        "100ms",
+        "--concurrency",
+        "1",
+    ])
+    .env("HUBSPOT_RATE_LIMIT", "20")
+    .run()
+    .await
+    .success();
+    let limited = env.mock.answered(429) - before;
+    let searched = env.mock.searches() - searches;
+    assert!(
+        limited * 4 <= searched,
+        "{limited} 429s in {searched} searches at four times the limit"
+    );
+}

@@ -120,17 +120,53 @@ const MAP: &[(&str, &[&str])] = &[
     ("private.rs", &[]),
 ];
 
-/// The crate modules `text` names as `crate::NAME`.
+/// The crate modules `text` names: `crate::NAME`, and each name of a group
+/// `crate::{NAME, NAME::...}`.
 fn imports(text: &str) -> BTreeSet<String> {
-    text.match_indices("crate::")
-        .map(|(at, _)| {
-            text[at + "crate::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect()
-        })
-        .filter(|name: &String| !name.is_empty())
-        .collect()
+    let name = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect()
+    };
+    let mut names = BTreeSet::new();
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        match rest.strip_prefix('{') {
+            Some(group) => {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                // Top-level names of the group: the first segment of each item.
+                let mut depth = 0;
+                let mut item_start = 0;
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            names.insert(name(&group[item_start..i]));
+                            item_start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+                names.insert(name(&group[item_start..]));
+            }
+            None => {
+                names.insert(name(rest));
+            }
+        }
+    }
+    names.retain(|n| !n.is_empty());
+    names
+}
+
+#[test]
+fn grouped_imports_are_read_too() {
+    let names = imports("use crate::{sink, state::State};\nuse crate::lock::Lock;");
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["lock", "sink", "state"]
+    );
 }
 
 fn sources(path: &Path) -> Vec<std::path::PathBuf> {

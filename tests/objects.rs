@@ -130,22 +130,45 @@ async fn several_objects_run_at_once_with_one_summary_and_one_exit_code() {
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0]["object"], "tickets");
 
-    // A failing object fails the run (exit 1) and the others still commit.
+    // A name that is no object of the portal is a typo: exit 2 before anything runs.
     env.mock.knobs().unreadable.clear();
-    let out = run("planets,tickets").await.code(1);
+    let searches = env.mock.searches();
+    let out = run("planets,tickets").await.code(2);
+    assert!(out.error_line().contains("`planets`"), "{}", out.stderr);
+    assert_eq!(env.mock.searches(), searches, "nothing ran");
+
+    // A failing object fails the run (exit 1) and the others still commit.
+    let fails_on_deals = "exec:cat > /dev/null; test \"$MARTECH_SYNC_OBJECT\" != deals || { echo 'no room for deals' >&2; exit 1; }";
+    let out = env
+        .cmd(&[
+            "poll",
+            "deals,tickets",
+            "--settle",
+            "0s",
+            "--sink",
+            fails_on_deals,
+            "--json",
+        ])
+        .run()
+        .await
+        .code(1);
     let summary: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(summary["objects"][0]["outcome"], "failed");
     assert_eq!(summary["objects"][1]["outcome"], "committed");
     // One ERROR line for each failed object with its reason, then the run's own line.
-    let lines: Vec<&str> = out.stderr.lines().collect();
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.contains("WARN")).collect();
     assert!(
         lines.len() == 2
             && lines[0].contains("ERROR")
-            && lines[0].contains("object=planets")
-            && lines[1].starts_with("error: 1 of 2 objects failed (planets)"),
+            && lines[0].contains("object=deals")
+            && lines[0].contains("no room for deals")
+            && lines[1].starts_with("error: 1 of 2 objects failed (deals)"),
         "{}",
         out.stderr
     );
+    // Each object counts its own requests, though they share one client.
+    let tickets_requests = summary["objects"][1]["requests"].as_u64().unwrap();
+    assert!(tickets_requests <= 4, "{}", summary["objects"][1]);
 
     // An object whose lock another run holds: exit 75, the others commit.
     let sink_spec: martech_sync::sink::SinkSpec = sink.parse().unwrap();

@@ -79,7 +79,20 @@ async fn status_fits_100_columns_with_long_destinations_and_errors() {
     .run()
     .await
     .code(1);
-    let table = env.cmd(&["status"]).run().await.success().stdout;
+    // On a terminal (a pty, through `script`), within 100 columns; piped, whole.
+    let bin = env!("CARGO_BIN_EXE_martech-sync");
+    let table = env
+        .shell(&format!("script -qec '{bin} status' /dev/null"))
+        .run()
+        .await
+        .success()
+        .stdout
+        .replace('\r', "");
+    let piped = env.cmd(&["status"]).run().await.success().stdout;
+    assert!(
+        piped.contains(&format!("{}/out.jsonl", deep.display())),
+        "piped, destinations are whole: {piped}"
+    );
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(
         lines.len(),

@@ -12,6 +12,7 @@ use super::pick_destination;
 use crate::config::{CursorConfig, CursorOp, UsageError};
 use crate::destination::Destination;
 use crate::lock::ObjectLock;
+use crate::object::ObjectType;
 use crate::state::{self, Pass, Unassigned};
 
 /// Runs a cursor command on the state file `db`.
@@ -45,6 +46,7 @@ pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
         return Ok(());
     }
     let state = state::open(db)?;
+    refuse_unknown(&state, object).await?;
     let destination = pick_destination(&state, object, config.target.as_ref())
         .await?
         .unwrap_or_else(|| Destination::named("sqlite", "sqlite"));
@@ -104,4 +106,27 @@ pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses to create the cursor of an object that is not a standard object and was never
+/// synced here: a typo (`contact`) would otherwise become a sync of its own, stale for
+/// ever in `status`.
+async fn refuse_unknown(state: &state::State, object: &ObjectType) -> Result<()> {
+    if object.standard().is_some()
+        || object.as_str().starts_with("2-")
+        || !state.syncs(Some(object)).await?.is_empty()
+    {
+        return Ok(());
+    }
+    let name = object.as_str();
+    let guess = crate::object::STANDARD
+        .iter()
+        .map(|s| s.name)
+        .find(|s| s.starts_with(name) || name.starts_with(s) || s.trim_end_matches('s') == name);
+    Err(UsageError::new(format!(
+        "`{name}` is not a standard object and has never been synced in {}{}",
+        state.describe(),
+        guess.map_or_else(String::new, |g| format!("; did you mean {g}?"))
+    ))
+    .into())
 }

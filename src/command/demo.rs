@@ -197,7 +197,8 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     }
     writeln!(
         out,
-        "\nAgainst your own account: HUBSPOT_TOKEN=pat-... martech-sync poll contacts"
+        "\nAgainst your own account: keep the token in a private file, then\n  \
+         HUBSPOT_TOKEN_FILE=~/.hubspot-token martech-sync poll contacts"
     )?;
     mock.stop().await;
     Ok(())

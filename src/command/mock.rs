@@ -78,6 +78,7 @@ pub async fn run(config: &MockConfig) -> Result<()> {
         knobs.latency = config.latency;
         knobs.rate_limit = config.rate_limit;
         knobs.lag = config.lag;
+        knobs.unreadable.clone_from(&config.unreadable);
         knobs.random = RandomFaults {
             server_error: config.error_rate,
             ..RandomFaults::default()

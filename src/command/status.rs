@@ -1,7 +1,7 @@
 //! `status [OBJECT]`: where every sync (object, destination) stands, as a table or JSON.
 //! Reads the state file and never creates one.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Result, bail};
@@ -119,7 +119,7 @@ fn print(
                 detail(&mut out, s, now)?;
             }
         }
-        (None, false) => table(&mut out, objects, now)?,
+        (None, false) => table(&mut out, objects, now, std::io::stdout().is_terminal())?,
     }
     if webhooks.queued + webhooks.dead > 0 {
         writeln!(
@@ -134,16 +134,27 @@ fn print(
 /// The width the table keeps within.
 pub const WIDTH: usize = 100;
 
-/// One line per (object, destination), within [`WIDTH`] columns.
-fn table(out: &mut impl Write, objects: &[SyncStatus], now: Millis) -> Result<()> {
-    const OBJECT: usize = 10;
-    const DESTINATION: usize = 22;
+/// One line per (object, destination). On a terminal (`fit`) within [`WIDTH`] columns,
+/// long values cut (a destination keeps its end, where file names differ); elsewhere
+/// whole, each column as wide as its longest value.
+fn table(out: &mut impl Write, objects: &[SyncStatus], now: Millis, fit: bool) -> Result<()> {
     const CURSOR: usize = 20;
     const AGE: usize = 5;
-    const LAST: usize = WIDTH - OBJECT - DESTINATION - CURSOR - AGE - 5;
+    let longest = |f: fn(&SyncStatus) -> usize, header: &str| {
+        objects.iter().map(f).max().unwrap_or(0).max(header.len())
+    };
+    let mut object = longest(|s| s.object.chars().count(), "OBJECT");
+    let mut destination = longest(|s| s.destination.chars().count(), "DESTINATION");
+    if fit {
+        object = object.min(14);
+        destination = destination
+            .min(WIDTH - object - CURSOR - AGE - 5 - 30)
+            .max(11);
+    }
+    let last = WIDTH.saturating_sub(object + destination + CURSOR + AGE + 5);
     writeln!(
         out,
-        "{:<OBJECT$} {:<DESTINATION$} {:<CURSOR$} {:>AGE$}  LAST RUN",
+        "{:<object$} {:<destination$} {:<CURSOR$} {:>AGE$}  LAST RUN",
         "OBJECT", "DESTINATION", "CURSOR", "AGE"
     )?;
     for s in objects {
@@ -151,12 +162,13 @@ fn table(out: &mut impl Write, objects: &[SyncStatus], now: Millis) -> Result<()
             Some(ms) => (instant(Millis(ms)), ago(now.0 - ms)),
             None => ("never committed".to_owned(), "-".to_owned()),
         };
+        let run = last_run(s, now);
         writeln!(
             out,
-            "{:<OBJECT$} {:<DESTINATION$} {cursor:<CURSOR$} {age:>AGE$}  {}",
-            cut(&s.object, OBJECT),
-            cut(&s.destination, DESTINATION),
-            cut(&last_run(s, now), LAST),
+            "{:<object$} {:<destination$} {cursor:<CURSOR$} {age:>AGE$}  {}",
+            cut(&s.object, object),
+            cut_middle(&s.destination, destination),
+            if fit { cut(&run, last) } else { run },
         )?;
     }
     Ok(())
@@ -276,6 +288,21 @@ fn open_window(w: &OpenWindowStatus) -> String {
         w.seen,
         if w.refresh { "refresh" } else { "resumes" }
     )
+}
+
+/// `s` within `width` characters: its kind (`jsonl:`, `exec:`) and its end, the middle
+/// cut with `…`.
+fn cut_middle(s: &str, width: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= width {
+        return s.to_owned();
+    }
+    let head = s.find(':').map_or(0, |i| i + 1).min(width / 3);
+    let tail = width.saturating_sub(head + 1);
+    let mut kept: String = chars[..head].iter().collect();
+    kept.push('…');
+    kept.extend(&chars[chars.len() - tail..]);
+    kept
 }
 
 /// `s` within `width` characters, cut with `…`.

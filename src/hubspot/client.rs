@@ -2,19 +2,18 @@
 //! token bucket and the retry loop. Everything that calls HubSpot goes through
 //! [`Client::post_json`], so pacing and retries hold for every request.
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, Correlation, ErrorBody, RetryCause};
+use super::pacer::{Pacer, headroom_from};
 use super::retry::RetryPolicy;
 use super::search::{Page, SearchBody, SearchResponse};
 use crate::object::ObjectType;
@@ -28,6 +27,9 @@ pub struct ClientConfig {
     pub token: Token,
     /// Search requests per second, for the whole process.
     pub rate_limit: f64,
+    /// General-budget requests (list, batch read, properties) per second, for the whole
+    /// process: headroom left for the portal's other apps.
+    pub general_rate_limit: f64,
     pub timeout: Duration,
     pub retry: RetryPolicy,
 }
@@ -47,10 +49,10 @@ pub struct Client {
     http: reqwest::Client,
     base_url: Arc<str>,
     auth: HeaderValue,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    limiter: Arc<Pacer>,
     /// Every other endpoint (properties, batch read) counts against HubSpot's burst
     /// limit instead: 100 requests per 10 s on the smallest tier.
-    general: Arc<DefaultDirectRateLimiter>,
+    general: Arc<Pacer>,
     /// After a 429, no request of this client goes out before this instant: HubSpot's
     /// search limit is per account, so every fetcher backs off together.
     cooldown: Arc<Mutex<Option<Instant>>>,
@@ -78,12 +80,21 @@ impl Client {
             http,
             base_url: config.base_url.trim_end_matches('/').into(),
             auth,
-            limiter: Arc::new(RateLimiter::direct(quota(config.rate_limit))),
-            general: Arc::new(RateLimiter::direct(quota(GENERAL_PER_SECOND))),
+            limiter: Arc::new(Pacer::new(config.rate_limit)),
+            general: Arc::new(Pacer::new(config.general_rate_limit)),
             cooldown: Arc::default(),
             retry: config.retry,
             counters: Arc::default(),
         })
+    }
+
+    /// A clone that shares the pacing (the budgets are the account's) but counts its own
+    /// requests: one per object of a run, so each object's summary counts only its own.
+    pub fn with_own_counters(&self) -> Client {
+        Client {
+            counters: Arc::default(),
+            ..self.clone()
+        }
     }
 
     /// The counters of every request this client (and its clones) made.
@@ -166,10 +177,13 @@ impl Client {
         loop {
             attempt += 1;
             self.wait_for_cooldown().await;
-            limiter.until_ready().await;
+            limiter.ready().await;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let error = match self.try_once(&method, &url, body.as_deref()).await {
-                Ok(answer) => return Ok(answer),
+            let error = match self.try_once(&method, &url, body.as_deref(), limiter).await {
+                Ok(answer) => {
+                    limiter.succeeded();
+                    return Ok(answer);
+                }
                 Err(error) => error,
             };
             let Some(cause) = error.retry_cause() else {
@@ -181,6 +195,7 @@ impl Client {
             let limited = matches!(cause, RetryCause::RateLimited | RetryCause::BurstLimited);
             if limited {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                limiter.limited();
             }
             if attempt >= self.retry.max_attempts {
                 return Err(anyhow::Error::new(error)
@@ -222,6 +237,7 @@ impl Client {
         method: &Method,
         url: &str,
         body: Option<&[u8]>,
+        pacer: &Pacer,
     ) -> Result<(T, Option<String>), ApiError> {
         let mut request = self
             .http
@@ -242,6 +258,9 @@ impl Client {
                 .map(str::to_owned)
         };
         let correlation_id = header("x-hubspot-correlation-id");
+        if let Some(headroom) = headroom_from(header) {
+            pacer.headroom(headroom);
+        }
         let content_type =
             header(CONTENT_TYPE.as_str()).unwrap_or_else(|| "no content type".into());
         // Capped at a day (HubSpot's 477 says "up to 24 hours"); the retry budget decides.
@@ -271,10 +290,6 @@ impl Client {
     }
 }
 
-/// Non-search requests a second: the official Node SDK's default, under the smallest
-/// tier's 100 per 10 s (docs/HUBSPOT.md §5).
-const GENERAL_PER_SECOND: f64 = 9.0;
-
 /// Which of HubSpot's limits a request counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
@@ -282,14 +297,6 @@ pub enum Limit {
     Search,
     /// Everything else: the ten-second burst limit.
     General,
-}
-
-/// A token bucket of `per_second` with no burst: requests go out evenly spaced.
-fn quota(per_second: f64) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
-    Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
-        .allow_burst(NonZeroU32::MIN)
 }
 
 fn transport(url: &str, source: reqwest::Error) -> ApiError {

@@ -7,6 +7,7 @@ pub mod client;
 pub mod error;
 pub mod hydrate;
 pub mod list;
+pub mod pacer;
 pub mod retry;
 pub mod schemas;
 pub mod search;

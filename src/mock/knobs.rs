@@ -86,6 +86,9 @@ pub struct Knobs {
     pub portal_id: u64,
     /// The custom objects `GET /crm/v3/schemas` lists: name and type id.
     pub schemas: Vec<(String, String)>,
+    /// The general budget: at most this many non-search requests per interval, with
+    /// HubSpot's rate-limit headers on every answer.
+    pub general_limit: Option<(u32, Duration)>,
     /// Objects (as named in the path) the token has no scope for: their search, list and
     /// batch read get HubSpot's 403 `MISSING_SCOPES`.
     pub unreadable: Vec<String>,
@@ -108,6 +111,7 @@ impl Default for Knobs {
             daily_limit_reached: false,
             portal_id: 62_515,
             schemas: vec![("pets".to_owned(), PETS.to_owned())],
+            general_limit: None,
             unreadable: Vec::new(),
         }
     }

@@ -44,6 +44,8 @@ struct Shared {
     calls: Mutex<BTreeMap<&'static str, u64>>,
     /// When the searches of the last second were let through, for the rate limit.
     recent: Mutex<VecDeque<Instant>>,
+    /// When the general-budget requests of the current window were let through.
+    general_window: Mutex<VecDeque<Instant>>,
     rng: Mutex<StdRng>,
 }
 
@@ -91,6 +93,7 @@ impl MockHubspot {
             statuses: Mutex::default(),
             calls: Mutex::default(),
             recent: Mutex::default(),
+            general_window: Mutex::default(),
             rng: Mutex::new(StdRng::seed_from_u64(0x5eed)),
         });
         let app = routes::router(Arc::clone(&shared));

@@ -25,14 +25,80 @@ use crate::timestamp::Millis;
 
 /// The fake's routes.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/crm/v3/objects/{object}/search", post(search))
+    // Every endpoint but search counts against the general budget, and answers with its
+    // rate-limit headers (docs/HUBSPOT.md §5; search answers carry none).
+    let general = Router::new()
         .route("/crm/v3/objects/{object}/batch/read", post(batch_read))
         .route("/crm/v3/objects/{object}", get(list))
         .route("/crm/v3/properties/{object}", get(properties))
         .route("/account-info/v3/details", get(account_info))
         .route("/crm/v3/schemas", get(schemas))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            general_budget,
+        ));
+    Router::new()
+        .route("/crm/v3/objects/{object}/search", post(search))
+        .merge(general)
         .with_state(shared)
+}
+
+/// The general budget, when the knob sets one: a rolling window of `max` requests per
+/// interval. A request over it gets HubSpot's `TEN_SECONDLY_ROLLING` 429; every answer
+/// says how much of the window is left.
+async fn general_budget(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some((max, interval)) = lock(&shared.knobs).general_limit else {
+        return next.run(request).await;
+    };
+    let now = Instant::now();
+    let remaining = {
+        let mut window = lock(&shared.general_window);
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= interval)
+        {
+            window.pop_front();
+        }
+        if window.len() >= max as usize {
+            None
+        } else {
+            window.push_back(now);
+            Some(max as usize - window.len())
+        }
+    };
+    let mut response = match remaining {
+        Some(_) => next.run(request).await,
+        None => {
+            *lock(&shared.statuses).entry(429).or_default() += 1;
+            let body = json!({
+                "status": "error",
+                "message": "You have reached your ten_secondly_rolling limit.",
+                "errorType": "RATE_LIMIT",
+                "correlationId": correlation_id(&shared),
+                "policyName": "TEN_SECONDLY_ROLLING",
+            });
+            (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response()
+        }
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-hubspot-ratelimit-max", u64::from(max)),
+        (
+            "x-hubspot-ratelimit-remaining",
+            remaining.unwrap_or(0) as u64,
+        ),
+        (
+            "x-hubspot-ratelimit-interval-milliseconds",
+            u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+    response
 }
 
 /// Counts a call of `kind`, and answers HubSpot's `DAILY` 429 when the knob says the

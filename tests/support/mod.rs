@@ -93,6 +93,7 @@ impl Env {
             .env("HUBSPOT_BASE_URL", self.mock.base_url())
             // Pacing has its own tests; elsewhere it would only slow the suite down.
             .env("HUBSPOT_RATE_LIMIT", "10000")
+            .env("HUBSPOT_GENERAL_RATE_LIMIT", "10000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

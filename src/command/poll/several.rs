@@ -20,7 +20,7 @@ use super::print_summary;
 use crate::command::resolve_sink;
 use crate::config::PollConfig;
 use crate::hubspot::Client;
-use crate::hubspot::error::missing_scopes;
+use crate::hubspot::error::{is_auth_failure, is_daily_limit, missing_scopes};
 use crate::lock::{LockHeld, ObjectLock};
 use crate::object::ObjectType;
 use crate::progress::{ProgressMode, summary_line};
@@ -33,7 +33,9 @@ use crate::watch;
 
 /// Some objects of a run failed; the others committed. Exits 1.
 #[derive(Debug, thiserror::Error)]
-#[error("{failed} of {total} objects failed ({names}); the others committed or were skipped")]
+#[error(
+    "{failed} of {total} objects failed ({names}); the cursors of the others moved as they committed"
+)]
 pub struct SomeFailed {
     pub failed: usize,
     pub total: usize,
@@ -63,6 +65,17 @@ struct Ready {
 /// be opened.
 pub async fn run(db: &Path, config: &PollConfig, shutdown: &Shutdown) -> Result<()> {
     let client = Client::new(&config.client)?;
+    // A name that is no object of the portal is a typo: refused before anything runs.
+    {
+        let state = crate::state::open(db)?;
+        for object in &config.objects {
+            if let Err(e) = crate::sync::resolve(&client, &state, object).await
+                && e.is::<crate::config::UsageError>()
+            {
+                return Err(e);
+            }
+        }
+    }
     let mut ended: Vec<(ObjectType, Option<Ended>)> = Vec::new();
     let mut ready = Vec::new();
     // Everything is opened before anything runs: a jsonl file shared by the objects is
@@ -80,7 +93,7 @@ pub async fn run(db: &Path, config: &PollConfig, shutdown: &Shutdown) -> Result<
         let (sink, destination) = resolve_sink(db, &job.destination, config.sink.as_ref()).await?;
         let engine = Engine::new(
             crate::state::open(db)?,
-            client.clone(),
+            client.with_own_counters(),
             Sink::open(&sink, &config.handlers, shutdown)?,
             ProgressMode::Hidden,
         );
@@ -152,10 +165,21 @@ fn report(config: &PollConfig, ended: Vec<(ObjectType, Option<Ended>)>) -> Resul
     let mut entries = Vec::new();
     let mut failed = Vec::new();
     let mut locked = None;
+    // A refused token (or a used-up day) fails every object alike: one line says it.
+    let shared_failure = ended.iter().find_map(|(_, outcome)| match outcome {
+        Some(Ended::Ran(finished)) => finished
+            .error
+            .as_ref()
+            .filter(|e| is_auth_failure(e) || is_daily_limit(e))
+            .map(|e| format!("{e:#}")),
+        _ => None,
+    });
+    let mut interrupted = false;
     for (object, outcome) in ended {
         let destination = config.job_for(&object).destination.to_string();
         match outcome {
             Some(Ended::Ran(finished)) => {
+                interrupted |= finished.report.outcome == Outcome::Interrupted;
                 if config.progress == ProgressMode::Bar
                     && finished.report.outcome != Outcome::Failed
                 {
@@ -163,8 +187,10 @@ fn report(config: &PollConfig, ended: Vec<(ObjectType, Option<Ended>)>) -> Resul
                 }
                 entries.push(serde_json::to_value(&finished.report)?);
                 if let Some(error) = &finished.error {
-                    tracing::error!(%object, error = %format!("{error:#}"),
-                        "the window failed; the cursor did not move");
+                    if shared_failure.is_none() {
+                        tracing::error!(%object, error = %format!("{error:#}"),
+                            "the window failed; the cursor did not move");
+                    }
                     failed.push(object.to_string());
                 }
             }
@@ -203,6 +229,9 @@ fn report(config: &PollConfig, ended: Vec<(ObjectType, Option<Ended>)>) -> Resul
         writeln!(out).context("writing the run summary to stdout")?;
         out.flush()?;
     }
+    if let Some(error) = shared_failure {
+        anyhow::bail!("{error}");
+    }
     if !failed.is_empty() {
         return Err(SomeFailed {
             failed: failed.len(),
@@ -210,6 +239,9 @@ fn report(config: &PollConfig, ended: Vec<(ObjectType, Option<Ended>)>) -> Resul
             names: failed.join(", "),
         }
         .into());
+    }
+    if interrupted {
+        return Err(super::Interrupted.into());
     }
     match locked {
         Some(error) => Err(error),

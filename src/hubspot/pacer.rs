@@ -1,0 +1,268 @@
+//! `Pacer`: one of HubSpot's budgets (search, or the general ten-second one), paced.
+//! Requests go out evenly spaced at the current rate, never above the ceiling the user
+//! set. The rate follows what HubSpot says:
+//!
+//! - a 429 halves it (multiplicative decrease), and each answer that went through raises
+//!   it by a fiftieth of the ceiling (additive increase), so a shared account's other
+//!   apps get their room back instead of a retry storm at the same pace;
+//! - the `X-HubSpot-RateLimit-Max`, `-Remaining` and `-Interval-Milliseconds` headers of
+//!   general-budget answers (docs/HUBSPOT.md §5) slow it before the budget runs out: in
+//!   the last tenth of the window the rate falls from the budget's sustainable rate
+//!   (max per interval) to one request an interval as the window empties.
+//!
+//! The decisions are pure functions of the state and the clock, tested below; `ready`
+//! is the one place that waits.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// A budget's pacing. Shared by every clone of a client, so every object and fetcher of
+/// a process takes from the same budget.
+#[derive(Debug)]
+pub struct Pacer {
+    state: Mutex<State>,
+    /// The most requests a second (the user's setting).
+    ceiling: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct State {
+    /// Requests a second now.
+    rate: f64,
+    /// When the next request may go.
+    next: Option<Instant>,
+}
+
+/// The lowest rate the pacer falls to: one request every ten seconds still makes
+/// progress, and learns when the budget is back.
+const FLOOR: f64 = 0.1;
+/// Below this share of the window left, the pacer slows down.
+const LOW_WATER: f64 = 0.1;
+
+/// What HubSpot's rate-limit headers said about a budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Headroom {
+    pub max: u32,
+    pub remaining: u32,
+    pub interval: Duration,
+}
+
+impl Pacer {
+    /// A pacer of at most `per_second` requests a second.
+    pub fn new(per_second: f64) -> Pacer {
+        let ceiling = per_second.max(FLOOR);
+        Pacer {
+            state: Mutex::new(State {
+                rate: ceiling,
+                next: None,
+            }),
+            ceiling,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for this request's turn.
+    pub async fn ready(&self) {
+        let at = {
+            let mut state = self.state();
+            let (at, next) = turn(*state, Instant::now());
+            state.next = Some(next);
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+
+    /// HubSpot answered 429 for this budget.
+    pub fn limited(&self) {
+        let mut state = self.state();
+        *state = slow_to(*state, decrease(state.rate), Instant::now());
+        tracing::debug!(rate = state.rate, "HubSpot said 429: slower");
+    }
+
+    /// A request of this budget went through.
+    pub fn succeeded(&self) {
+        let mut state = self.state();
+        state.rate = increase(state.rate, self.ceiling);
+    }
+
+    /// HubSpot's rate-limit headers on an answer of this budget.
+    pub fn headroom(&self, headroom: Headroom) {
+        let mut state = self.state();
+        if let Some(rate) = spread(headroom)
+            && rate < state.rate
+        {
+            tracing::debug!(
+                remaining = headroom.remaining,
+                rate,
+                "the budget runs low: slower"
+            );
+            *state = slow_to(*state, rate, Instant::now());
+        }
+    }
+
+    /// Requests a second now.
+    pub fn rate(&self) -> f64 {
+        self.state().rate
+    }
+}
+
+/// When a request asked for at `now` may go, and when the one after it may.
+fn turn(state: State, now: Instant) -> (Instant, Instant) {
+    let at = state.next.map_or(now, |next| next.max(now));
+    (at, at + Duration::from_secs_f64(1.0 / state.rate))
+}
+
+/// `state` at the lower `rate`, the next turn pushed back to match: the turn already
+/// handed out at the old pace must not go at it.
+fn slow_to(state: State, rate: f64, now: Instant) -> State {
+    let spaced = now + Duration::from_secs_f64(1.0 / rate);
+    State {
+        rate,
+        next: Some(state.next.map_or(spaced, |next| next.max(spaced))),
+    }
+}
+
+fn decrease(rate: f64) -> f64 {
+    (rate / 2.0).max(FLOOR)
+}
+
+fn increase(rate: f64, ceiling: f64) -> f64 {
+    (rate + ceiling / 50.0).min(ceiling)
+}
+
+/// The rate that spreads what is left of a budget's window over its interval, when
+/// little is left.
+fn spread(h: Headroom) -> Option<f64> {
+    if h.max == 0 || h.interval.is_zero() {
+        return None;
+    }
+    let left = f64::from(h.remaining) / f64::from(h.max);
+    if left >= LOW_WATER {
+        return None;
+    }
+    // The budget's sustainable rate, scaled down as the last tenth runs out; with nothing
+    // left, one request an interval (the rolling window frees room by then).
+    let interval = h.interval.as_secs_f64();
+    let sustainable = f64::from(h.max) / interval;
+    Some((sustainable * left / LOW_WATER).max(1.0 / interval))
+}
+
+/// Reads HubSpot's rate-limit headers, when an answer has them.
+pub fn headroom_from(get: impl Fn(&str) -> Option<String>) -> Option<Headroom> {
+    let number = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
+    Some(Headroom {
+        max: u32::try_from(number("x-hubspot-ratelimit-max")?).ok()?,
+        remaining: u32::try_from(number("x-hubspot-ratelimit-remaining")?).ok()?,
+        interval: Duration::from_millis(number("x-hubspot-ratelimit-interval-milliseconds")?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_spaced_at_the_rate() {
+        let now = Instant::now();
+        let state = State {
+            rate: 4.0,
+            next: None,
+        };
+        let (first, next) = turn(state, now);
+        assert_eq!(first, now);
+        assert_eq!(next - now, Duration::from_millis(250));
+        // A request asked for early waits its turn; one asked for late goes at once.
+        let early = State {
+            next: Some(next),
+            ..state
+        };
+        assert_eq!(turn(early, now).0, next);
+        let late = now + Duration::from_secs(1);
+        assert_eq!(turn(early, late).0, late);
+    }
+
+    #[test]
+    fn slowing_down_pushes_back_the_turn_already_handed_out() {
+        let now = Instant::now();
+        let fast = State {
+            rate: 10.0,
+            next: Some(now + Duration::from_millis(100)),
+        };
+        let slow = slow_to(fast, 1.0, now);
+        assert_eq!(slow.next, Some(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_429_halves_the_rate_and_answers_bring_it_back_slowly() {
+        let ceiling = 8.0;
+        let mut rate = ceiling;
+        rate = decrease(rate);
+        assert!((rate - 4.0).abs() < 1e-9);
+        rate = decrease(decrease(decrease(decrease(decrease(decrease(rate))))));
+        assert!((rate - FLOOR).abs() < 1e-9, "{rate}");
+        // Fifty answers climb back to the ceiling, never past it.
+        for _ in 0..50 {
+            rate = increase(rate, ceiling);
+        }
+        assert!((rate - ceiling).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn a_budget_running_low_slows_the_pace() {
+        let interval = Duration::from_secs(10);
+        let roomy = Headroom {
+            max: 190,
+            remaining: 100,
+            interval,
+        };
+        assert_eq!(spread(roomy), None);
+        let low = Headroom {
+            remaining: 10,
+            ..roomy
+        };
+        // 19 a second sustainable, and about half of the last tenth left.
+        assert!(
+            (spread(low).unwrap() - 10.0).abs() < 1e-9,
+            "{:?}",
+            spread(low)
+        );
+        let gone = Headroom {
+            remaining: 0,
+            ..roomy
+        };
+        assert!(
+            (spread(gone).unwrap() - 0.1).abs() < 1e-9,
+            "one an interval"
+        );
+        let pacer = Pacer::new(15.0);
+        pacer.headroom(low);
+        assert!((pacer.rate() - 10.0).abs() < 1e-9);
+        pacer.headroom(roomy);
+        assert!(
+            (pacer.rate() - 10.0).abs() < 1e-9,
+            "headers never speed it up"
+        );
+    }
+
+    #[test]
+    fn headers_are_read_when_all_three_are_there() {
+        let headers = |name: &str| match name {
+            "x-hubspot-ratelimit-max" => Some("190".to_owned()),
+            "x-hubspot-ratelimit-remaining" => Some(" 12".to_owned()),
+            "x-hubspot-ratelimit-interval-milliseconds" => Some("10000".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            headroom_from(headers),
+            Some(Headroom {
+                max: 190,
+                remaining: 12,
+                interval: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(headroom_from(|_| None), None);
+    }
+}
