@@ -77,6 +77,17 @@ pub struct GlobalArgs {
     )]
     pub general_rate_limit: f64,
 
+    /// Requests a day (UTC) this tool may make, counted in the state file across runs:
+    /// a run that reaches it stops cleanly (exit 0, outcome budget-exhausted) with its
+    /// window left open for the next run to resume.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "MARTECH_SYNC_DAILY_BUDGET",
+        global = true
+    )]
+    pub daily_budget: Option<u64>,
+
     /// A request without a complete answer within this time is retried (then given up on
     /// after --max-attempts or --retry-budget).
     #[arg(long, default_value = "30s", value_parser = duration, global = true)]

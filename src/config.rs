@@ -329,6 +329,7 @@ impl Config {
                     token: Token::new("demo"),
                     rate_limit: 1_000.0,
                     general_rate_limit: 1_000.0,
+                    daily_budget: None,
                     timeout: global.timeout,
                     retry: retry_policy(global),
                 },
@@ -693,6 +694,7 @@ fn client_config(
         token,
         rate_limit: global.rate_limit,
         general_rate_limit: global.general_rate_limit,
+        daily_budget: global.daily_budget,
         timeout: global.timeout,
         retry: retry_policy(global),
     })

@@ -21,6 +21,9 @@ pub enum Outcome {
     Failed,
     /// The process died while running; found by the next run.
     Interrupted,
+    /// `--daily-budget` ran out: the window stays open and the next run resumes it.
+    #[serde(rename = "budget-exhausted")]
+    BudgetExhausted,
 }
 
 impl Outcome {
@@ -32,6 +35,7 @@ impl Outcome {
             Outcome::Empty => "empty",
             Outcome::Failed => "failed",
             Outcome::Interrupted => "interrupted",
+            Outcome::BudgetExhausted => "budget-exhausted",
         }
     }
 
@@ -42,6 +46,7 @@ impl Outcome {
             "committed" => Outcome::Committed,
             "empty" => Outcome::Empty,
             "interrupted" => Outcome::Interrupted,
+            "budget-exhausted" => Outcome::BudgetExhausted,
             _ => Outcome::Failed,
         }
     }

@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::destination::Destination;
+use crate::hubspot::client::is_budget_exhausted;
 use crate::hubspot::list::Listing;
 use crate::hubspot::search::{Page, SearchBody};
 use crate::hubspot::{Client, ClientConfig};
@@ -211,6 +212,29 @@ impl Engine {
         now: Millis,
         shutdown: &Shutdown,
     ) -> Result<Finished> {
+        // Requests are counted by UTC day in the state, for `--daily-budget` and `status`.
+        let day = now.to_rfc3339()[..10].to_owned();
+        if self.client.daily_budget().is_some() {
+            let used = self.state.requests_on(&day).await?;
+            self.client.start_day(&day, used);
+        }
+        let before = self.client.counters().requests.load(Ordering::Relaxed);
+        let finished = self.poll_once(job, now, shutdown).await;
+        let made = self.client.counters().requests.load(Ordering::Relaxed) - before;
+        if made > 0
+            && let Err(e) = self.state.add_requests(&day, made).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not count today's requests");
+        }
+        finished
+    }
+
+    async fn poll_once(
+        &mut self,
+        job: &PollJob,
+        now: Millis,
+        shutdown: &Shutdown,
+    ) -> Result<Finished> {
         let object = self.resolve(&job.object).await?;
         let job = &PollJob {
             object,
@@ -296,7 +320,11 @@ impl Engine {
         report.requests += counters.requests.load(Ordering::Relaxed) - before.0;
         report.retries += counters.retries.load(Ordering::Relaxed) - before.1;
         report.rate_limited += counters.rate_limited.load(Ordering::Relaxed) - before.2;
-        if let Err(error) = trailing {
+        if let Err(error) = trailing.as_ref()
+            && is_budget_exhausted(error)
+        {
+            tracing::warn!(object = %job.object, "{error:#}: the recheck and deletion passes wait for the next run");
+        } else if let Err(error) = trailing {
             let error = error.context(format!(
                 "the window of {} -> {} committed, but",
                 job.object, job.destination
@@ -576,6 +604,18 @@ impl Engine {
                     // A refused commit (a slice not done) is a failed run like any other.
                     Err(error) => Ok(self.failed(run, report, error).await),
                 }
+            }
+            // The daily budget ran out: the window stays open, like a stop.
+            Err(error) if is_budget_exhausted(&error) => {
+                report.finish(Outcome::BudgetExhausted, None);
+                self.state.finish_run(run, &report).await?;
+                tracing::warn!(%object, destination = %job.destination, pages = report.pages,
+                    "{error:#}: the window stays open and the next run resumes it");
+                Ok(Finished {
+                    report,
+                    error: None,
+                    run: Some(run),
+                })
             }
             Err(error) => Ok(self.failed(run, report, error).await),
         }

@@ -243,10 +243,11 @@ async fn kill_9_mid_window_then_rerun_delivers_the_rest_once() {
     let mut child = env.poll(&["--concurrency", "1"]).spawn();
     env.mock.wait_for_searches(4).await;
     child.kill().await.expect("SIGKILL");
-    // Fetching runs a page ahead of delivery, so pages 2 or 3 may still be in hand.
+    // Fetching runs a page ahead of delivery, so pages 2 or 3 may still be in hand (and
+    // on a loaded machine none may have reached the sink yet).
     let before = env.lines("out.jsonl").len();
     assert!(
-        [200, 400, 600].contains(&before),
+        [0, 200, 400, 600].contains(&before),
         "{before} records before the kill"
     );
     env.mock.knobs().hold_from = None;

@@ -350,3 +350,52 @@ async fn the_general_budget_is_paced_by_hubspots_headers_and_429s() {
         "{limited} 429s in {searched} searches at four times the limit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_stops_the_run_cleanly_and_the_next_run_resumes() {
+    let env = Env::contacts(2_000).await;
+    // 20 pages of 100: a budget of 6 requests today stops the window part way.
+    let stopped = env
+        .poll(&["--json", "--page-size", "100", "--concurrency", "1"])
+        .env("MARTECH_SYNC_DAILY_BUDGET", "6")
+        .run()
+        .await
+        .success();
+    let summary = stopped.summary();
+    assert_eq!(summary["outcome"], "budget-exhausted", "{summary}");
+    let warned: Vec<&str> = stopped.stderr.lines().collect();
+    assert!(
+        warned.len() == 1 && warned[0].contains("daily budget of 6 requests"),
+        "{}",
+        stopped.stderr
+    );
+    let status = env.status().await;
+    assert_eq!(status["requestsToday"], 6, "{status}");
+    assert!(status["objects"][0]["openWindow"].is_object(), "{status}");
+    assert!(status["objects"][0]["cursor"].is_null());
+    let delivered = summary["delivered"].as_u64().unwrap();
+    assert!(delivered > 0 && delivered < 2_000);
+
+    // Today's count is in the state: the same budget lets nothing more through.
+    let again = env
+        .poll(&["--json", "--page-size", "100", "--concurrency", "1"])
+        .env("MARTECH_SYNC_DAILY_BUDGET", "6")
+        .run()
+        .await
+        .success();
+    assert_eq!(again.summary()["outcome"], "budget-exhausted");
+    assert_eq!(env.status().await["requestsToday"], 6);
+
+    // A larger budget resumes the window where it stopped and commits it.
+    let resumed = env
+        .poll(&["--json", "--page-size", "100", "--concurrency", "1"])
+        .env("MARTECH_SYNC_DAILY_BUDGET", "100")
+        .run()
+        .await
+        .success();
+    assert_eq!(resumed.summary()["outcome"], "committed");
+    assert_eq!(resumed.summary()["resumed"], true);
+    let counts = id_counts(&env.lines("out.jsonl"));
+    assert_eq!(counts.len(), 2_000);
+    assert!(counts.values().all(|&n| n == 1));
+}

@@ -21,7 +21,9 @@ const FUTURE_SLACK_MS: i64 = 60_000;
 /// # Errors
 /// When the state file cannot be read or stdout written.
 pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
-    let (objects, webhooks): (Vec<SyncStatus>, QueueDepth) = if db.exists() {
+    let now = Millis::now();
+    let today = now.to_rfc3339()[..10].to_owned();
+    let (objects, webhooks, requests): (Vec<SyncStatus>, QueueDepth, u64) = if db.exists() {
         let state = state::open_read_only(db)?;
         let objects = state
             .status()
@@ -34,12 +36,15 @@ pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
                     .is_none_or(|o| o.as_str() == s.object)
             })
             .collect();
-        (objects, state.queue_depth().await?)
+        (
+            objects,
+            state.queue_depth().await?,
+            state.requests_on(&today).await?,
+        )
     } else {
-        (Vec::new(), QueueDepth::default())
+        (Vec::new(), QueueDepth::default(), 0)
     };
-    let now = Millis::now();
-    print(db, config, &objects, webhooks, now)?;
+    print(db, config, &objects, (webhooks, requests), now)?;
     if let Some(limit) = config.stale_after {
         let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
         let name = |o: &SyncStatus| format!("{} -> {}", o.object, o.destination);
@@ -92,12 +97,17 @@ fn print(
     db: &Path,
     config: &StatusConfig,
     objects: &[SyncStatus],
-    webhooks: QueueDepth,
+    (webhooks, requests): (QueueDepth, u64),
     now: Millis,
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if config.json {
-        let doc = json!({ "stateFile": db.display().to_string(), "objects": objects, "webhooks": webhooks });
+        let doc = json!({
+            "stateFile": db.display().to_string(),
+            "objects": objects,
+            "webhooks": webhooks,
+            "requestsToday": requests,
+        });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
         return Ok(());
@@ -120,6 +130,9 @@ fn print(
             }
         }
         (None, false) => table(&mut out, objects, now, std::io::stdout().is_terminal())?,
+    }
+    if requests > 0 {
+        writeln!(out, "\nHubSpot requests today (UTC): {requests}")?;
     }
     if webhooks.queued + webhooks.dead > 0 {
         writeln!(

@@ -30,6 +30,8 @@ pub struct ClientConfig {
     /// General-budget requests (list, batch read, properties) per second, for the whole
     /// process: headroom left for the portal's other apps.
     pub general_rate_limit: f64,
+    /// Requests a day (UTC) this tool may make in all, counted in the state file.
+    pub daily_budget: Option<u64>,
     pub timeout: Duration,
     pub retry: RetryPolicy,
 }
@@ -56,6 +58,8 @@ pub struct Client {
     /// After a 429, no request of this client goes out before this instant: HubSpot's
     /// search limit is per account, so every fetcher backs off together.
     cooldown: Arc<Mutex<Option<Instant>>>,
+    /// What is left of `--daily-budget` today, shared like the pacing.
+    allowance: Arc<Mutex<Allowance>>,
     retry: RetryPolicy,
     counters: Arc<Counters>,
 }
@@ -83,6 +87,11 @@ impl Client {
             limiter: Arc::new(Pacer::new(config.rate_limit)),
             general: Arc::new(Pacer::new(config.general_rate_limit)),
             cooldown: Arc::default(),
+            allowance: Arc::new(Mutex::new(Allowance {
+                budget: config.daily_budget,
+                day: None,
+                left: 0,
+            })),
             retry: config.retry,
             counters: Arc::default(),
         })
@@ -94,6 +103,45 @@ impl Client {
         Client {
             counters: Arc::default(),
             ..self.clone()
+        }
+    }
+
+    /// The daily budget, when one is set.
+    pub fn daily_budget(&self) -> Option<u64> {
+        self.allowance().budget
+    }
+
+    /// Starts (or goes on with) the budget of `day`, of which `used` requests went out
+    /// before this process counted: the first caller of a day sets what is left.
+    pub fn start_day(&self, day: &str, used: u64) {
+        let mut allowance = self.allowance();
+        if let Some(budget) = allowance.budget
+            && allowance.day.as_deref() != Some(day)
+        {
+            allowance.day = Some(day.to_owned());
+            allowance.left =
+                i64::try_from(budget).unwrap_or(i64::MAX) - i64::try_from(used).unwrap_or(i64::MAX);
+        }
+    }
+
+    fn allowance(&self) -> std::sync::MutexGuard<'_, Allowance> {
+        self.allowance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one request from the daily budget.
+    fn take_one(&self) -> Result<(), BudgetExhausted> {
+        let mut allowance = self.allowance();
+        match allowance.budget {
+            Some(budget) if allowance.day.is_some() => {
+                if allowance.left <= 0 {
+                    return Err(BudgetExhausted { budget });
+                }
+                allowance.left -= 1;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -178,6 +226,7 @@ impl Client {
             attempt += 1;
             self.wait_for_cooldown().await;
             limiter.ready().await;
+            self.take_one()?;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let error = match self.try_once(&method, &url, body.as_deref(), limiter).await {
                 Ok(answer) => {
@@ -288,6 +337,27 @@ impl Client {
         })?;
         Ok((value, correlation_id))
     }
+}
+
+/// What is left of a daily budget.
+#[derive(Debug)]
+struct Allowance {
+    budget: Option<u64>,
+    /// The UTC day `left` is of, once a run started it.
+    day: Option<String>,
+    left: i64,
+}
+
+/// `--daily-budget` is used up for today: the run stops cleanly, its window open.
+#[derive(Debug, thiserror::Error)]
+#[error("the daily budget of {budget} requests (--daily-budget) is used up for today (UTC)")]
+pub struct BudgetExhausted {
+    pub budget: u64,
+}
+
+/// Whether `err` is (or wraps) a used-up daily budget.
+pub fn is_budget_exhausted(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<BudgetExhausted>())
 }
 
 /// Which of HubSpot's limits a request counts against.

@@ -350,6 +350,18 @@ pub trait Storage: Send + std::marker::Sync {
     /// On storage errors.
     async fn finish_run(&self, run: RunId, report: &RunReport) -> Result<()>;
 
+    /// Requests counted on `day` (UTC, `YYYY-MM-DD`), by every run on this state.
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn requests_on(&self, day: &str) -> Result<u64>;
+
+    /// Counts `n` more requests on `day`.
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn add_requests(&self, day: &str, n: u64) -> Result<()>;
+
     // --- the ledger ----------------------------------------------------------------
 
     /// What the destination holds of `ids`.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::{
     Checkpoint, Held, LedgerEntry, Pass, QueueDepth, Queued, RecordsTable, RunId, Storage, Sync,
@@ -413,6 +413,28 @@ impl Storage for Sqlite {
         max_attempts: u32,
     ) -> Result<()> {
         self.write(|tx| queue::failed(tx, keys, error, retry_at, max_attempts))
+    }
+
+    async fn requests_on(&self, day: &str) -> Result<u64> {
+        self.with(|conn| {
+            let n: Option<i64> = conn
+                .query_row("SELECT requests FROM usage WHERE day = ?1", [day], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        })
+    }
+
+    async fn add_requests(&self, day: &str, n: u64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO usage (day, requests) VALUES (?1, ?2)
+                 ON CONFLICT (day) DO UPDATE SET requests = requests + excluded.requests",
+                rusqlite::params![day, i64::try_from(n).unwrap_or(i64::MAX)],
+            )?;
+            Ok(())
+        })
     }
 
     async fn prune_done_events(&self, before: Millis) -> Result<usize> {

@@ -188,6 +188,13 @@ pub const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE runs ADD COLUMN summary TEXT;
     ",
+    // 4: requests counted by UTC day, for `--daily-budget` and `status`.
+    "
+    CREATE TABLE usage (
+        day      TEXT PRIMARY KEY,
+        requests INTEGER NOT NULL DEFAULT 0
+    );
+    ",
 ];
 
 /// An SQLite database that is not a state file (version 0 with tables of its own).
