@@ -225,7 +225,7 @@ impl Client {
         loop {
             attempt += 1;
             self.wait_for_cooldown().await;
-            limiter.ready().await;
+            let sent = limiter.ready().await;
             self.take_one()?;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let error = match self.try_once(&method, &url, body.as_deref(), limiter).await {
@@ -244,7 +244,7 @@ impl Client {
             let limited = matches!(cause, RetryCause::RateLimited | RetryCause::BurstLimited);
             if limited {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                limiter.limited();
+                limiter.limited(sent);
             }
             if attempt >= self.retry.max_attempts {
                 return Err(anyhow::Error::new(error)

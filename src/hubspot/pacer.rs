@@ -2,9 +2,10 @@
 //! Requests go out evenly spaced at the current rate, never above the ceiling the user
 //! set. The rate follows what HubSpot says:
 //!
-//! - a 429 halves it (multiplicative decrease), and each answer that went through raises
-//!   it by a fiftieth of the ceiling (additive increase), so a shared account's other
-//!   apps get their room back instead of a retry storm at the same pace;
+//! - a 429 halves it (multiplicative decrease; the 429s of requests in flight together
+//!   count once), and each answer that went through adds back a fiftieth of the ceiling
+//!   (additive increase), so a shared account's other apps get their room back instead
+//!   of a retry storm at the same pace;
 //! - the `X-HubSpot-RateLimit-Max`, `-Remaining` and `-Interval-Milliseconds` headers of
 //!   general-budget answers (docs/HUBSPOT.md §5) slow it before the budget runs out: in
 //!   the last tenth of the window the rate falls from the budget's sustainable rate
@@ -31,11 +32,17 @@ struct State {
     rate: f64,
     /// When the next request may go.
     next: Option<Instant>,
+    /// When the rate was last cut for a 429.
+    cut: Option<Instant>,
 }
 
 /// The lowest rate the pacer falls to: one request every ten seconds still makes
 /// progress, and learns when the budget is back.
 const FLOOR: f64 = 0.1;
+/// What a 429 leaves of the rate.
+const CUT: f64 = 0.5;
+/// What each answer that went through adds back, as a share of the ceiling.
+const STEP: f64 = 0.02;
 /// Below this share of the window left, the pacer slows down.
 const LOW_WATER: f64 = 0.1;
 
@@ -55,6 +62,7 @@ impl Pacer {
             state: Mutex::new(State {
                 rate: ceiling,
                 next: None,
+                cut: None,
             }),
             ceiling,
         }
@@ -64,8 +72,8 @@ impl Pacer {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for this request's turn.
-    pub async fn ready(&self) {
+    /// Waits for this request's turn, and returns when it was.
+    pub async fn ready(&self) -> Instant {
         let at = {
             let mut state = self.state();
             let (at, next) = turn(*state, Instant::now());
@@ -73,12 +81,19 @@ impl Pacer {
             at
         };
         tokio::time::sleep_until(at.into()).await;
+        at
     }
 
-    /// HubSpot answered 429 for this budget.
-    pub fn limited(&self) {
+    /// HubSpot answered 429 to a request sent at `sent` (its turn from `ready`). The
+    /// 429s of requests sent before the last cut are that same signal, already heard.
+    pub fn limited(&self, sent: Instant) {
         let mut state = self.state();
-        *state = slow_to(*state, decrease(state.rate), Instant::now());
+        let now = Instant::now();
+        if state.cut.is_some_and(|cut| sent < cut) {
+            return;
+        }
+        *state = slow_to(*state, decrease(state.rate), now);
+        state.cut = Some(now);
         tracing::debug!(rate = state.rate, "HubSpot said 429: slower");
     }
 
@@ -122,15 +137,16 @@ fn slow_to(state: State, rate: f64, now: Instant) -> State {
     State {
         rate,
         next: Some(state.next.map_or(spaced, |next| next.max(spaced))),
+        ..state
     }
 }
 
 fn decrease(rate: f64) -> f64 {
-    (rate / 2.0).max(FLOOR)
+    (rate * CUT).max(FLOOR)
 }
 
 fn increase(rate: f64, ceiling: f64) -> f64 {
-    (rate + ceiling / 50.0).min(ceiling)
+    (rate + ceiling * STEP).min(ceiling)
 }
 
 /// The rate that spreads what is left of a budget's window over its interval, when
@@ -170,6 +186,7 @@ mod tests {
         let state = State {
             rate: 4.0,
             next: None,
+            cut: None,
         };
         let (first, next) = turn(state, now);
         assert_eq!(first, now);
@@ -190,6 +207,7 @@ mod tests {
         let fast = State {
             rate: 10.0,
             next: Some(now + Duration::from_millis(100)),
+            cut: None,
         };
         let slow = slow_to(fast, 1.0, now);
         assert_eq!(slow.next, Some(now + Duration::from_secs(1)));
@@ -201,13 +219,28 @@ mod tests {
         let mut rate = ceiling;
         rate = decrease(rate);
         assert!((rate - 4.0).abs() < 1e-9);
-        rate = decrease(decrease(decrease(decrease(decrease(decrease(rate))))));
+        for _ in 0..20 {
+            rate = decrease(rate);
+        }
         assert!((rate - FLOOR).abs() < 1e-9, "{rate}");
         // Fifty answers climb back to the ceiling, never past it.
         for _ in 0..50 {
             rate = increase(rate, ceiling);
         }
         assert!((rate - ceiling).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn the_429s_of_one_burst_cut_the_rate_once() {
+        let pacer = Pacer::new(8.0);
+        let sent = Instant::now();
+        pacer.limited(sent);
+        pacer.limited(sent);
+        pacer.limited(sent);
+        assert!((pacer.rate() - 4.0).abs() < 1e-9, "{}", pacer.rate());
+        // A request sent after the cut that still meets a 429 cuts again.
+        pacer.limited(Instant::now());
+        assert!((pacer.rate() - 2.0).abs() < 1e-9, "{}", pacer.rate());
     }
 
     #[test]

@@ -34,20 +34,7 @@ pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
     if !config.objects.is_empty() {
         return several::run(db, config, &shutdown).await;
     }
-    let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
-    let (sink, destination) =
-        resolve_sink(db, &config.job.destination, config.sink.as_ref()).await?;
-    let job = PollJob {
-        destination,
-        ..config.job.clone()
-    };
-    let mut engine = Engine::open(
-        db,
-        &config.client,
-        (&sink, &config.handlers),
-        &shutdown,
-        config.progress,
-    )?;
+    let (_lock, mut engine, job) = open(db, config, &shutdown).await?;
     if let Some(interval) = config.interval {
         return watch::run(&mut engine, &job, interval, &shutdown, |report| {
             print_summary(config.json, config.progress, report)
@@ -67,22 +54,35 @@ pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
 /// # Errors
 /// When the run could not start: lock held, state file or client unusable.
 pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
-    let _lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
     let shutdown = Shutdown::default();
+    let (_lock, mut engine, job) = open(db, config, &shutdown).await?;
+    engine.poll(&job, Millis::now(), &shutdown).await
+}
+
+/// The object's lock, its engine and its job, with the destination's sink resolved.
+///
+/// # Errors
+/// Lock held, state file, client or sink unusable.
+async fn open(
+    db: &Path,
+    config: &PollConfig,
+    shutdown: &Shutdown,
+) -> Result<(ObjectLock, Engine, PollJob)> {
+    let lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
     let (sink, destination) =
         resolve_sink(db, &config.job.destination, config.sink.as_ref()).await?;
     let job = PollJob {
         destination,
         ..config.job.clone()
     };
-    let mut engine = Engine::open(
+    let engine = Engine::open(
         db,
         &config.client,
         (&sink, &config.handlers),
-        &shutdown,
+        shutdown,
         config.progress,
     )?;
-    engine.poll(&job, Millis::now(), &shutdown).await
+    Ok((lock, engine, job))
 }
 
 /// After a window: the summary line on a terminal, the JSON summary with `--json`.
