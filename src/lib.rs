@@ -33,6 +33,7 @@ pub mod command;
 pub mod config;
 pub mod destination;
 pub mod exit;
+pub mod fetch;
 pub mod hubspot;
 pub mod ledger;
 pub mod lock;

@@ -6,23 +6,23 @@
 //! `window.rs`, the ledger's decisions in `ledger.rs`, storage in `state/`, HTTP in
 //! `hubspot/`.
 //!
-//! Data flow of a scan: one fetcher task per slice pages through its id range (keyed
-//! paging needs only the previous page's last id, so fetching runs ahead of delivery)
-//! and sends pages down a bounded channel; the one consumer here hands each page's news
-//! to the sink and checkpoints it. At most `concurrency` requests are in flight, all
-//! under the client's one token bucket, so a slow API still reaches the rate limit. A
-//! fresh large window is split into slices after its first page, which tells how big it
-//! is.
+//! Data flow of a scan: fetcher tasks (`fetch.rs`) page ahead of delivery and send pages
+//! down a bounded channel; the one consumer here hands each page's news to the sink and
+//! checkpoints it. A fresh large window is split into id slices after its first page,
+//! which tells how big it is: `concurrency` search workers take slices from the top and,
+//! in a backfill, the list part takes them from the bottom, all under the client's
+//! pacing, so a slow API still reaches the rate limit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::destination::Destination;
+use crate::fetch::{self, Claims, Fetched, Fetcher, hydrated};
 use crate::hubspot::client::is_budget_exhausted;
 use crate::hubspot::list::Listing;
 use crate::hubspot::search::{Page, SearchBody};
@@ -559,6 +559,7 @@ impl Engine {
             progress: &mut progress,
             search: &properties.search,
             hydrate: properties.hydrate.clone(),
+            listing: false,
         };
         let scanned = scan.run(slices, &mut report).await;
         drop(progress);
@@ -873,6 +874,8 @@ struct Scan<'a> {
     search: &'a [String],
     /// With `--all-properties`, the properties batch read fetches for each page.
     hydrate: Option<Arc<[String]>>,
+    /// Whether the list part reads the bottom of the window (a backfill).
+    listing: bool,
 }
 
 /// The object's default properties.
@@ -909,27 +912,8 @@ fn lean(object: &ObjectType) -> Vec<String> {
     with_needed(object, Vec::new())
 }
 
-/// A search page with every property, when `hydrate` names them.
-async fn hydrated(
-    client: &Client,
-    object: &ObjectType,
-    mut page: Page,
-    hydrate: Option<&[String]>,
-) -> Result<Page> {
-    if let Some(properties) = hydrate {
-        page.records = client.hydrate(object, page.records, properties).await?;
-    }
-    Ok(page)
-}
-
 /// A window is split only when its first page says it holds more than this many pages.
 const SPLIT_ABOVE_PAGES: u64 = 4;
-
-/// What a fetcher sends the consumer.
-enum Fetched {
-    Page { slice: u32, page: Page },
-    Failed(anyhow::Error),
-}
 
 impl Scan<'_> {
     /// Scans the slices not yet done, delivering and checkpointing page by page.
@@ -948,22 +932,29 @@ impl Scan<'_> {
         }
         let capacity = usize::try_from(self.job.concurrency.max(1)).unwrap_or(1);
         let (tx, mut rx) = mpsc::channel(capacity);
-        let permits = Arc::new(Semaphore::new(capacity));
         let mut fetchers = JoinSet::new();
-        let search: Arc<[String]> = self.search.into();
-        for slice in pending {
-            fetchers.spawn(fetch_slice(
-                Fetcher {
-                    client: self.client.clone(),
-                    object: self.job.object.clone(),
-                    window: self.window,
-                    search: Arc::clone(&search),
-                    page_size: self.job.page_size,
-                    hydrate: self.hydrate.clone(),
-                },
-                slice,
+        let fetcher = Arc::new(Fetcher {
+            client: self.client.clone(),
+            object: self.job.object.clone(),
+            window: self.window,
+            search: self.search.into(),
+            page_size: self.job.page_size,
+            hydrate: self.hydrate.clone(),
+        });
+        let workers = capacity.min(pending.len());
+        let claims = Arc::new(Claims::new(pending));
+        if self.listing {
+            fetchers.spawn(fetch::list_part(
+                Arc::clone(&fetcher),
+                Arc::clone(&claims),
                 tx.clone(),
-                Arc::clone(&permits),
+            ));
+        }
+        for _ in 0..workers {
+            fetchers.spawn(fetch::search_worker(
+                Arc::clone(&fetcher),
+                Arc::clone(&claims),
+                tx.clone(),
             ));
         }
         drop(tx);
@@ -1035,7 +1026,17 @@ impl Scan<'_> {
         let Some(largest) = largest else {
             return Ok(Some(vec![rest]));
         };
-        let parts = window::split(last, largest, self.job.concurrency * 2, 1);
+        // A backfill (a window over all history, `lo` at the beginning) reads the list
+        // endpoint from the bottom while search takes the top, each at its own budget;
+        // finer slices let the two meet evenly (a slice of at least eight pages).
+        self.listing = self.pass == Pass::Main && self.window.lo <= Millis::BEGINNING;
+        let count = if self.listing {
+            let fine = u32::try_from((pages_left / 8).min(64)).unwrap_or(64);
+            fine.max(self.job.concurrency * 2)
+        } else {
+            self.job.concurrency * 2
+        };
+        let parts = window::split(last, largest, count, 1);
         self.state
             .split(self.sync, self.pass, &rest, &parts)
             .await?;
@@ -1085,68 +1086,6 @@ impl Scan<'_> {
             records = page.records.len(), delivered = delivered.len(), merged = merged.len(),
             last_id = ?checkpoint.last_id.map(|i| i.0), total = ?page.total, "page checkpointed");
         Ok(())
-    }
-}
-
-/// What a fetcher needs, owned (it runs as its own task).
-struct Fetcher {
-    client: Client,
-    object: ObjectType,
-    window: Window,
-    search: Arc<[String]>,
-    page_size: u32,
-    hydrate: Option<Arc<[String]>>,
-}
-
-/// Pages through one slice, sending each page to the consumer, until the slice ends, a
-/// request fails for good, or the consumer hangs up.
-async fn fetch_slice(
-    fetcher: Fetcher,
-    slice: Slice,
-    tx: mpsc::Sender<Fetched>,
-    permits: Arc<Semaphore>,
-) {
-    let Fetcher {
-        client,
-        object,
-        window,
-        search,
-        page_size,
-        hydrate,
-    } = fetcher;
-    let mut after = slice.resume_after();
-    loop {
-        let body = SearchBody::keyed(&object, window, &slice, after, &search, page_size);
-        let page = {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            match client.search(&object, &body, after).await {
-                Ok(page) => hydrated(&client, &object, page, hydrate.as_deref()).await,
-                Err(e) => Err(e),
-            }
-        };
-        let page = match page {
-            Ok(page) => page,
-            Err(error) => {
-                let _ = tx.send(Fetched::Failed(error)).await;
-                return;
-            }
-        };
-        let last = page.last_id;
-        let more = page.more;
-        if tx
-            .send(Fetched::Page {
-                slice: slice.index,
-                page,
-            })
-            .await
-            .is_err()
-            || !more
-        {
-            return;
-        }
-        after = last;
     }
 }
 

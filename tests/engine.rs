@@ -31,9 +31,19 @@ async fn more_than_ten_thousand_matches_are_all_delivered() {
     assert_eq!(env.mock.answered(400), 0, "the fake refused a request");
     let summary = out.summary();
     assert_eq!(summary["delivered"], 25_000);
-    // 125 full pages, the probe for the largest id, and a partial last page per slice.
-    let requests = summary["requests"].as_u64().unwrap();
-    assert!((125..=135).contains(&requests), "{requests} requests");
+    // A backfill: search pages of 200 and list pages of 100 together read each record
+    // about once. Besides: the probe for the largest id, a partial last page per slice,
+    // the list's first two pages (the window's first page had them) and its last (past
+    // where it met search).
+    let (searches, lists) = (env.mock.searches(), env.mock.calls("list"));
+    assert!(lists > 0, "the list part took no part");
+    let read = searches * 200 + lists * 100;
+    assert!(
+        (25_000..=25_000 + 20 * 200).contains(&read),
+        "{searches} searches and {lists} list pages for 25,000 records"
+    );
+    // And one request to the properties API.
+    assert_eq!(summary["requests"].as_u64().unwrap(), searches + lists + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +128,72 @@ async fn records_modified_while_paging_reach_the_next_window() {
     let lines = assert_every_version_once(&env, 5_000);
     // Old and new versions of the 50 already returned; nothing else twice.
     assert_eq!(lines.len(), 5_050);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_reads_list_and_search_at_once_and_delivers_every_version_once() {
+    let env = Env::contacts(20_000).await;
+    // Records change while both parts scan, in the list's ids and in search's: a
+    // version listed or searched before the change is delivered, the newer one by the
+    // next window; one listed after it is newer than the window and left to the next.
+    env.mock.knobs().mutations.push(Mutation {
+        after_request: 8,
+        object: "contacts".into(),
+        ids: (1..=20_000).step_by(101).collect(),
+    });
+
+    let first = env.poll(&["--json"]).run().await.success().summary();
+    let (searches, lists) = (env.mock.searches(), env.mock.calls("list"));
+    assert!(
+        lists >= 10 && searches >= 10,
+        "both parts read: {searches} searches, {lists} list pages"
+    );
+    assert_eq!(first["requests"].as_u64().unwrap(), searches + lists + 1);
+    env.poll(&[]).run().await.success();
+
+    assert_every_version_once(&env, 20_000);
+    // The second run is an ordinary window: search alone.
+    assert_eq!(env.mock.calls("list"), lists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_backfill_then_rerun_resumes_through_search() {
+    let env = Env::contacts(20_000).await;
+    // Search is held from its 12th request: the list part runs on until the kill.
+    env.mock.hold_from(12);
+    let mut child = env.poll(&[]).spawn();
+    env.mock.wait_for_searches(12).await;
+    let listed = env.mock.calls("list");
+    assert!(listed > 0, "the list part had not started");
+    child.kill().await.expect("SIGKILL");
+    env.mock.knobs().hold_from = None;
+    env.mock.release();
+    let before = env.lines("out.jsonl").len();
+
+    let out = env.poll(&["--json"]).run().await.success();
+
+    assert_eq!(out.summary()["resumed"], true);
+    let lines = env.lines("out.jsonl");
+    let counts = id_counts(&lines);
+    assert_eq!(
+        counts.len(),
+        20_000,
+        "every id ({listed} list pages before the kill)"
+    );
+    // The kill may land between a page reaching the sink and its checkpoint: pages
+    // in hand (a search page of 200, a list page of 100, one per part) repeat, no more.
+    assert!(
+        lines.len() <= 20_000 + 4 * 200 + 100,
+        "{} delivered ({before} before the kill)",
+        lines.len()
+    );
+    assert_eq!(
+        env.mock.calls("list"),
+        listed,
+        "a resumed window continues through search alone"
+    );
+    let status = env.object_status("contacts").await;
+    assert!(status["openWindow"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

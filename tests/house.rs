@@ -32,6 +32,7 @@ const MAP: &[(&str, &[&str])] = &[
         &[
             "config",
             "destination",
+            "fetch",
             "hubspot",
             "ledger",
             "object",
@@ -47,6 +48,7 @@ const MAP: &[(&str, &[&str])] = &[
         ],
     ),
     ("window.rs", &["record", "timestamp"]),
+    ("fetch.rs", &["hubspot", "object", "record", "window"]),
     ("ledger.rs", &["record", "state", "timestamp"]),
     ("verify.rs", &["record", "state", "timestamp"]),
     (

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::client::{Client, Limit};
 use super::error::Correlation;
-use super::search::RawRecord;
+use super::search::{Page, RawRecord, SearchResponse};
 use crate::object::ObjectType;
 use crate::record::RecordId;
 use crate::timestamp::Millis;
@@ -62,6 +62,53 @@ struct Next {
 }
 
 impl Client {
+    /// One page of `object`'s live records with `properties`, in id order, after the
+    /// token `after` HubSpot gave with the page before (`None` from the first record):
+    /// the list part of a backfill. The ids must ascend, within the page and past
+    /// `above` (the last id of the page before), or the page is refused.
+    ///
+    /// # Errors
+    /// As [`Client::search`]: a page whose ids do not ascend, or a result without an
+    /// id or a modified time.
+    pub async fn list_records(
+        &self,
+        object: &ObjectType,
+        properties: &[String],
+        after: Option<&str>,
+        above: Option<RecordId>,
+    ) -> Result<(Page, Option<String>)> {
+        let path = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &PAGE.to_string());
+            query.append_pair("properties", &properties.join(","));
+            query.append_pair("archived", "false");
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+            format!("/crm/v3/objects/{}?{}", object.api_name(), query.finish())
+        };
+        let (response, correlation_id): (SearchResponse, _) = self
+            .send(Method::GET, &path, None::<&()>, Limit::General)
+            .await?;
+        let next = response
+            .paging
+            .as_ref()
+            .and_then(|p| p.next.as_ref())
+            .and_then(|n| n.get("after"))
+            .and_then(|a| a.as_str())
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        let mut page = response.into_page(object, above, 0).with_context(|| {
+            format!(
+                "HubSpot sent a list page that cannot be used{}",
+                Correlation(&correlation_id)
+            )
+        })?;
+        // Only HubSpot's token says more follow: a full page is no hint without one.
+        page.more = next.is_some();
+        Ok((page, next))
+    }
+
     /// One page of `object`'s `listing` after `after`, with the modified property.
     ///
     /// # Errors

@@ -579,8 +579,8 @@ async fn list(
     let mut page: Vec<Value> = Vec::new();
     let mut next = None;
     for r in store
-        .records(object.as_str())
-        .filter(|r| r.id >= from && r.is_live() != archived)
+        .records_from(object.as_str(), from)
+        .filter(|r| r.is_live() != archived)
     {
         if page.len() as u64 == limit {
             next = Some(r.id);

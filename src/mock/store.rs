@@ -137,6 +137,14 @@ impl Store {
     }
 
     /// Every record of `object` (live or archived), by id.
+    /// The records of `object` with an id of at least `from`, in id order.
+    pub fn records_from(&self, object: &str, from: u64) -> impl Iterator<Item = &FakeRecord> {
+        self.objects
+            .get(object)
+            .into_iter()
+            .flat_map(move |records| records.range(from..).map(|(_, r)| r))
+    }
+
     pub fn records(&self, object: &str) -> impl Iterator<Item = &FakeRecord> {
         self.objects
             .get(object)
