@@ -77,16 +77,7 @@ impl Client {
         after: Option<&str>,
         above: Option<RecordId>,
     ) -> Result<(Page, Option<String>)> {
-        let path = {
-            let mut query = url::form_urlencoded::Serializer::new(String::new());
-            query.append_pair("limit", &PAGE.to_string());
-            query.append_pair("properties", &properties.join(","));
-            query.append_pair("archived", "false");
-            if let Some(after) = after {
-                query.append_pair("after", after);
-            }
-            format!("/crm/v3/objects/{}?{}", object.api_name(), query.finish())
-        };
+        let path = list_path(object, &properties.join(","), Listing::Live, after);
         let (response, correlation_id): (SearchResponse, _) = self
             .send(Method::GET, &path, None::<&()>, Limit::General)
             .await?;
@@ -119,25 +110,7 @@ impl Client {
         listing: Listing,
         after: Option<&str>,
     ) -> Result<ListPage> {
-        // Built before the request: the serializer is not `Send`, so it must not live
-        // across the await.
-        let path = {
-            let mut query = url::form_urlencoded::Serializer::new(String::new());
-            query.append_pair("limit", &PAGE.to_string());
-            query.append_pair("properties", object.modified_property());
-            query.append_pair(
-                "archived",
-                if listing == Listing::Archived {
-                    "true"
-                } else {
-                    "false"
-                },
-            );
-            if let Some(after) = after {
-                query.append_pair("after", after);
-            }
-            format!("/crm/v3/objects/{}?{}", object.api_name(), query.finish())
-        };
+        let path = list_path(object, object.modified_property(), listing, after);
         let (response, correlation_id): (ListResponse, _) = self
             .send(Method::GET, &path, None::<&()>, Limit::General)
             .await?;
@@ -173,4 +146,27 @@ impl Client {
             .filter(|a| !a.is_empty());
         Ok(ListPage { records, next })
     }
+}
+
+/// The path of a list page: `properties` comma-separated, `after` HubSpot's token.
+fn list_path(
+    object: &ObjectType,
+    properties: &str,
+    listing: Listing,
+    after: Option<&str>,
+) -> String {
+    // Built before any await: the serializer is not `Send`.
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &PAGE.to_string());
+    query.append_pair("properties", properties);
+    let archived = if listing == Listing::Archived {
+        "true"
+    } else {
+        "false"
+    };
+    query.append_pair("archived", archived);
+    if let Some(after) = after {
+        query.append_pair("after", after);
+    }
+    format!("/crm/v3/objects/{}?{}", object.api_name(), query.finish())
 }
