@@ -136,7 +136,6 @@ impl Store {
         self.objects.values().all(BTreeMap::is_empty)
     }
 
-    /// Every record of `object` (live or archived), by id.
     /// The records of `object` with an id of at least `from`, in id order.
     pub fn records_from(&self, object: &str, from: u64) -> impl Iterator<Item = &FakeRecord> {
         self.objects
@@ -145,6 +144,7 @@ impl Store {
             .flat_map(move |records| records.range(from..).map(|(_, r)| r))
     }
 
+    /// Every record of `object` (live or archived), by id.
     pub fn records(&self, object: &str) -> impl Iterator<Item = &FakeRecord> {
         self.objects
             .get(object)
