@@ -214,8 +214,9 @@ pub struct PollArgs {
     pub page_size: u32,
 
     /// Search requests in flight at once. A window of more than a few pages is split into
-    /// twice as many id ranges, scanned concurrently under the one --rate-limit, so a slow
-    /// API still reaches the limit. 1 scans sequentially.
+    /// id ranges that this many search workers scan concurrently under the one
+    /// --rate-limit, so a slow API still reaches the limit (a backfill also reads the list
+    /// endpoint, under --general-rate-limit). 1 scans sequentially.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub concurrency: u32,
 

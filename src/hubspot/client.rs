@@ -1,6 +1,6 @@
-//! The HTTP client: one shared reqwest client with timeouts, Bearer auth, the search
-//! token bucket and the retry loop. Everything that calls HubSpot goes through
-//! [`Client::post_json`], so pacing and retries hold for every request.
+//! The HTTP client: one shared reqwest client with timeouts, Bearer auth, the
+//! pacers (one per budget) and the retry loop. Everything that calls HubSpot goes through
+//! `Client::send`, so pacing and retries hold for every request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

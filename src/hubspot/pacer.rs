@@ -89,29 +89,30 @@ impl Pacer {
             let mut state = self.state();
             let (at, next) = turn(*state, Instant::now());
             state.next = Some(next);
-            at
-        };
-        {
+            // Under the state lock, so the times stay in order (lock order: state, sent).
             let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
             if sent.len() >= SENT_KEPT {
                 sent.pop_front();
             }
             sent.push_back(at);
-        }
+            at
+        };
         tokio::time::sleep_until(at.into()).await;
         at
     }
 
     /// HubSpot answered 429 to a request sent at `sent` (its turn from `ready`). The
-    /// 429s of requests sent before the last cut are that same signal, already heard.
+    /// 429s of requests whose turn was handed out at the old pace (up to the last turn
+    /// given when the rate was cut) are that same signal, already heard.
     pub fn limited(&self, sent: Instant) {
         let mut state = self.state();
-        let now = Instant::now();
-        if state.cut.is_some_and(|cut| sent < cut) {
+        if state.cut.is_some_and(|cut| sent <= cut) {
             return;
         }
+        let now = Instant::now();
+        let last_turn = state.next.map_or(now, |next| next.max(now));
         *state = slow_to(*state, decrease(state.rate), now);
-        state.cut = Some(now);
+        state.cut = Some(last_turn);
         tracing::debug!(rate = state.rate, "HubSpot said 429: slower");
     }
 
@@ -132,7 +133,9 @@ impl Pacer {
             {
                 sent.pop_front();
             }
-            u32::try_from(sent.len()).unwrap_or(u32::MAX)
+            // Turns still ahead have not gone yet.
+            let gone = sent.iter().take_while(|t| **t <= now).count();
+            u32::try_from(gone).unwrap_or(u32::MAX)
         };
         let mut state = self.state();
         if let Some(rate) = spread(headroom, own)
@@ -183,7 +186,7 @@ fn increase(rate: f64, ceiling: f64) -> f64 {
 
 /// When little of a budget's window is left, the rate that keeps a reserve of it free:
 /// the `own` requests this process sent in the last interval, plus what is left above
-/// the reserve (less, below it), spread over the interval; at least one an interval.
+/// the reserve (less, below it), spread over the interval; never under the floor.
 fn spread(h: Headroom, own: u32) -> Option<f64> {
     if h.max == 0 || h.interval.is_zero() {
         return None;
@@ -194,7 +197,7 @@ fn spread(h: Headroom, own: u32) -> Option<f64> {
     }
     let interval = h.interval.as_secs_f64();
     let room = f64::from(h.remaining) - max * RESERVE;
-    Some(((f64::from(own) + room) / interval).max(1.0 / interval))
+    Some(((f64::from(own) + room) / interval).max(FLOOR))
 }
 
 /// Reads HubSpot's rate-limit headers, when an answer has them.
@@ -269,6 +272,10 @@ mod tests {
         pacer.limited(sent);
         pacer.limited(sent);
         pacer.limited(sent);
+        assert!((pacer.rate() - 4.0).abs() < 1e-9, "{}", pacer.rate());
+        // A turn handed out at the old pace, going after the cut, is the same burst.
+        let handed_out = pacer.state().cut.unwrap();
+        pacer.limited(handed_out);
         assert!((pacer.rate() - 4.0).abs() < 1e-9, "{}", pacer.rate());
         // A request sent after the cut that still meets a 429 cuts again.
         pacer.limited(Instant::now());

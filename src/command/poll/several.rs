@@ -1,6 +1,6 @@
 //! Several objects in one run (`poll contacts,companies,deals`, `--all-objects`). Every
 //! object gets its own lock, engine (state connection and sink) and window, all sharing
-//! one HubSpot client, so its token buckets pace the objects together as HubSpot meters
+//! one HubSpot client, so its pacers pace the objects together as HubSpot meters
 //! them: per account. The objects run at once; each commits or fails on its own.
 //!
 //! Outcomes: an object whose lock another run holds is `locked`; one the token cannot read
