@@ -37,6 +37,16 @@ pub struct GlobalArgs {
     )]
     pub db: PathBuf,
 
+    /// The schema a postgres:// sink's tables go in (created if missing).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "MARTECH_SYNC_PG_SCHEMA",
+        default_value = "hubspot",
+        global = true
+    )]
+    pub pg_schema: String,
+
     /// HubSpot private-app access token (sent as Bearer). Prefer the environment
     /// variable or --token-file: command lines are visible to other users in `ps`.
     #[arg(long, env = "HUBSPOT_TOKEN", hide_env_values = true, global = true)]
@@ -189,8 +199,9 @@ pub struct PollArgs {
     pub until: Option<String>,
 
     /// Where records go: sqlite (the state file's records table), jsonl:PATH (jsonl:- for
-    /// stdout), or exec:COMMAND (each page as NDJSON on the command's stdin)
-    /// [default: sqlite, or the sink --destination was last given].
+    /// stdout), exec:COMMAND (each page as NDJSON on the command's stdin), or
+    /// postgres://USER@HOST/DB (a table per object in --pg-schema; the password from
+    /// PGPASSWORD is best) [default: sqlite, or the sink --destination was last given].
     #[arg(long, value_name = "SPEC")]
     pub sink: Option<String>,
 

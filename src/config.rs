@@ -220,7 +220,7 @@ impl Config {
                 json: args.json,
                 stale_after: args.stale_after,
             }),
-            Command::Cursor(command) => CommandConfig::Cursor(cursor(command, now)?),
+            Command::Cursor(command) => CommandConfig::Cursor(cursor(command, global, now)?),
             Command::Serve(args) => {
                 let secret = secret(
                     "client secret",
@@ -231,7 +231,11 @@ impl Config {
                     &mut warnings,
                 )?;
                 let client = client_config(global, &mut warnings)?;
-                let (sink, destination) = sink(args.sink.as_deref(), args.destination.as_deref())?;
+                let (sink, destination) = sink(
+                    args.sink.as_deref(),
+                    args.destination.as_deref(),
+                    &global.pg_schema,
+                )?;
                 let polls = args
                     .poll
                     .iter()
@@ -271,7 +275,11 @@ impl Config {
             }
             Command::Reconcile(args) => {
                 let object = parse_object(&args.object)?;
-                let (sink, destination) = sink(args.sink.as_deref(), args.destination.as_deref())?;
+                let (sink, destination) = sink(
+                    args.sink.as_deref(),
+                    args.destination.as_deref(),
+                    &global.pg_schema,
+                )?;
                 if args.json && sink.as_ref().is_some_and(SinkSpec::uses_stdout) {
                     return Err(usage(
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
@@ -297,7 +305,11 @@ impl Config {
                 })
             }
             Command::Verify(args) => {
-                let (sink, target) = target(args.sink.as_deref(), args.destination.as_deref())?;
+                let (sink, target) = target(
+                    args.sink.as_deref(),
+                    args.destination.as_deref(),
+                    &global.pg_schema,
+                )?;
                 if args.json && sink.as_ref().is_some_and(SinkSpec::uses_stdout) {
                     return Err(usage(
                         "--json and --sink jsonl:- both write to stdout; write records to a file",
@@ -412,7 +424,11 @@ fn poll(
              after it yet; did you mean an age such as 7d?"
         )));
     }
-    let (sink, destination) = sink(args.sink.as_deref(), args.destination.as_deref())?;
+    let (sink, destination) = sink(
+        args.sink.as_deref(),
+        args.destination.as_deref(),
+        &global.pg_schema,
+    )?;
     if args.interval.is_some() && bounds.until.is_some() {
         return Err(usage(
             "--interval runs windows up to now; it does not combine with --until \
@@ -512,7 +528,11 @@ impl PollConfig {
 }
 
 /// `cursor ...`, validated.
-fn cursor(command: &CursorCommand, now: Millis) -> Result<CursorConfig, UsageError> {
+fn cursor(
+    command: &CursorCommand,
+    global: &GlobalArgs,
+    now: Millis,
+) -> Result<CursorConfig, UsageError> {
     let (object, target, op) = match command {
         CursorCommand::Show { object, target } => (object, target, CursorOp::Show),
         CursorCommand::Set {
@@ -551,7 +571,11 @@ fn cursor(command: &CursorCommand, now: Millis) -> Result<CursorConfig, UsageErr
             )
         }
     };
-    let (_, target) = self::target(target.sink.as_deref(), target.destination.as_deref())?;
+    let (_, target) = self::target(
+        target.sink.as_deref(),
+        target.destination.as_deref(),
+        &global.pg_schema,
+    )?;
     Ok(CursorConfig {
         object: parse_object(object)?,
         target,
@@ -578,12 +602,13 @@ fn when(flag: &str, value: Option<&str>, now: Millis) -> Result<Option<Millis>, 
 fn target(
     spec: Option<&str>,
     name: Option<&str>,
+    schema: &str,
 ) -> Result<(Option<SinkSpec>, Option<Destination>), UsageError> {
     Ok(match (spec, name) {
         (None, None) => (None, None),
         (None, Some(name)) => (None, Some(Destination::named(name, String::new()))),
         (Some(spec), name) => {
-            let (sink, destination) = sink_spec(spec, name)?;
+            let (sink, destination) = sink_spec(spec, name, schema)?;
             (Some(sink), Some(destination))
         }
     })
@@ -594,10 +619,11 @@ fn target(
 fn sink(
     spec: Option<&str>,
     name: Option<&str>,
+    schema: &str,
 ) -> Result<(Option<SinkSpec>, Destination), UsageError> {
     match (spec, name) {
-        (Some(spec), name) => sink_spec(spec, name).map(|(s, d)| (Some(s), d)),
-        (None, None) => sink_spec("sqlite", None).map(|(s, d)| (Some(s), d)),
+        (Some(spec), name) => sink_spec(spec, name, schema).map(|(s, d)| (Some(s), d)),
+        (None, None) => sink_spec("sqlite", None, schema).map(|(s, d)| (Some(s), d)),
         (None, Some(name)) => {
             // The shape of the name is checked as for any sink.
             Destination::of(&SinkSpec::Sqlite, Some(name)).map_err(|e| usage(e.to_string()))?;
@@ -606,9 +632,18 @@ fn sink(
     }
 }
 
-/// A `--sink` value and the destination it names (or `--destination` does).
-fn sink_spec(spec: &str, name: Option<&str>) -> Result<(SinkSpec, Destination), UsageError> {
-    let sink: SinkSpec = spec.parse().map_err(|e| usage(format!("--sink: {e}")))?;
+/// A `--sink` value and the destination it names (or `--destination` does); a Postgres
+/// sink's tables go in `schema` (`--pg-schema`).
+fn sink_spec(
+    spec: &str,
+    name: Option<&str>,
+    schema: &str,
+) -> Result<(SinkSpec, Destination), UsageError> {
+    let mut sink: SinkSpec = spec.parse().map_err(|e| usage(format!("--sink: {e}")))?;
+    if let SinkSpec::Postgres(target) = &mut sink {
+        crate::sink::postgres::check_schema(schema).map_err(|e| usage(e.to_string()))?;
+        schema.clone_into(&mut target.schema);
+    }
     let sink = sink
         .absolute()
         .map_err(|e| usage(format!("--sink {spec}: {e}")))?;

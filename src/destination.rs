@@ -46,7 +46,7 @@ impl Destination {
                 SinkSpec::Sqlite => "sqlite".to_owned(),
                 SinkSpec::Jsonl(JsonlTarget::Stdout) => "jsonl:-".to_owned(),
                 SinkSpec::Jsonl(JsonlTarget::File(path)) => format!("jsonl:{}", path.display()),
-                SinkSpec::Exec(_) => sink.clone(),
+                SinkSpec::Exec(_) | SinkSpec::Postgres(_) => sink.clone(),
             },
             Some(name) => {
                 let ok_start = name

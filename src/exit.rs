@@ -3,7 +3,8 @@
 //! the same sync holds the lock (EX_TEMPFAIL, so cron wrappers can tell "busy" from
 //! "broken"); 78 configuration error no rerun fixes (EX_CONFIG: a missing state
 //! directory, a file that is not a state file, a newer schema, a sink that cannot be
-//! opened, a state file with hard links, a lock directory others control); 130 a second stop signal (see `shutdown.rs`).
+//! opened, a state file with hard links, a lock directory others control, a token of
+//! another portal than a shared sink's); 130 a second stop signal (see `shutdown.rs`).
 
 use std::io::ErrorKind;
 use std::io::Write;
@@ -14,7 +15,7 @@ use crate::config::UsageError;
 use crate::lock::{LockHeld, NoStateDir, ServeHeld, UntrustedLockDir};
 use crate::sink::SinkUnusable;
 use crate::state::sqlite::{HardLinked, NewerSchema, NotAStateFile};
-use crate::sync::NeedsRefresh;
+use crate::sync::{NeedsRefresh, OtherPortal};
 use crate::window::PlanError;
 
 /// The run failed; the cursor did not move.
@@ -58,6 +59,7 @@ pub fn code(err: &anyhow::Error) -> u8 {
             || e.is::<NewerSchema>()
             || e.is::<NoStateDir>()
             || e.is::<SinkUnusable>()
+            || e.is::<OtherPortal>()
     }) {
         CONFIG
     } else {

@@ -40,6 +40,7 @@ pub mod lock;
 pub mod logging;
 pub mod mock;
 pub mod object;
+pub mod postgres;
 pub mod private;
 pub mod progress;
 pub mod properties;

@@ -13,6 +13,7 @@
 //! in a backfill, the list part takes them from the bottom, all under the client's
 //! pacing, so a slow API still reaches the rate limit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,11 +32,11 @@ use crate::ledger;
 use crate::object::ObjectType;
 use crate::progress::{Progress, ProgressMode};
 use crate::properties::PropertySet;
-use crate::record::Record;
+use crate::record::{Record, RecordId};
 use crate::report::{Outcome, PassReport, RunReport, SweepReport};
 use crate::shutdown::Shutdown;
 use crate::sink::{HandlerOptions, Sink, SinkSpec};
-use crate::state::{Checkpoint, Pass, RunId, State, Sync, SyncId, Unassigned};
+use crate::state::{Checkpoint, Held, Pass, RunId, State, Sync, SyncId, Unassigned};
 use crate::timestamp::Millis;
 use crate::window::{self, Ask, Margins, Plan, Slice, Window};
 
@@ -174,19 +175,17 @@ impl Engine {
     ///
     /// # Errors
     /// When any of them cannot be opened.
-    pub fn open(
+    pub async fn open(
         db: &std::path::Path,
         client: &ClientConfig,
         sink: (&SinkSpec, &HandlerOptions),
         shutdown: &Shutdown,
         progress: ProgressMode,
     ) -> Result<Engine> {
-        Ok(Engine::new(
-            crate::state::open(db)?,
-            Client::new(client)?,
-            Sink::open(sink.0, sink.1, shutdown)?,
-            progress,
-        ))
+        let state = crate::state::open(db)?;
+        let client = Client::new(client)?;
+        let sink = open_sink(sink.0, sink.1, shutdown, &client, &state).await?;
+        Ok(Engine::new(state, client, sink, progress))
     }
 
     /// The engine over what is already open.
@@ -401,7 +400,7 @@ impl Engine {
     /// Resolves the run's properties against what the destination was given, and
     /// records the new list: a first run's, a shrunk one, or a refresh's.
     async fn properties(
-        &self,
+        &mut self,
         job: &PollJob,
         sync: &Sync,
         open: Option<&window::OpenWindow>,
@@ -416,7 +415,11 @@ impl Engine {
                 .unwrap_or_else(|| PropertySet::named(&with_needed(object, defaults(object)))),
         };
         let open_refresh = open.is_some_and(|o| o.refresh);
-        let holds_records = !self.state.ledger_page(sync.id, None, 1).await?.is_empty();
+        let first = match self.sink.ledger_page(object, None, 1).await? {
+            Some(page) => page,
+            None => self.state.ledger_page(sync.id, None, 1).await?,
+        };
+        let holds_records = !first.is_empty();
         // A destination that holds records but no list (filled by `reconcile` or the
         // webhook worker before any poll) was given the defaults.
         let given = sync.properties.clone().or_else(|| {
@@ -665,7 +668,7 @@ impl Engine {
                     })
                     .collect();
                 let ids: Vec<_> = tombstones.iter().map(|t| t.id).collect();
-                let held = self.state.held(sync.id, &ids).await?;
+                let held = held(&self.state, &mut self.sink, sync.id, object, &ids).await?;
                 let news = ledger::gone(&held, tombstones);
                 let refs: Vec<&Record> = news.iter().collect();
                 self.sink.deliver(object, &refs).await?;
@@ -710,11 +713,11 @@ impl Engine {
             .chain(&loose.gone)
             .map(|r| r.id)
             .collect();
-        let held = self.state.held(sync.id, &ids).await?;
+        let held = held(&self.state, &mut self.sink, sync.id, object, &ids).await?;
         let current = ledger::current(&held, loose.current);
         let mut fresh = ledger::fresh(&held, &loose.versions);
         fresh.extend(current.iter());
-        let merged = merge_tombstones(&self.state, sync.id, object, &fresh).await?;
+        let merged = merge_tombstones(&self.state, &mut self.sink, sync.id, object, &fresh).await?;
         // A record a winner lists is tombstoned once, as merged.
         let gone: Vec<Record> = ledger::gone(&held, loose.gone)
             .into_iter()
@@ -747,7 +750,7 @@ impl Engine {
     ///
     /// # Errors
     /// When the property list cannot be read.
-    pub(crate) async fn stored_properties(&self, sync: &Sync) -> Result<Vec<String>> {
+    pub(crate) async fn stored_properties(&mut self, sync: &Sync) -> Result<Vec<String>> {
         let job = PollJob {
             object: self.resolve(&sync.object).await?,
             destination: sync.destination.clone(),
@@ -839,9 +842,86 @@ pub async fn resolve(client: &Client, state: &State, object: &ObjectType) -> Res
     }
 }
 
+/// What the destination holds of `ids`: the sink's own rows when it keeps them
+/// (Postgres, where they are written in the same transaction as the records), else the
+/// state's ledger.
+///
+/// # Errors
+/// When either cannot be read.
+pub(crate) async fn held(
+    state: &State,
+    sink: &mut Sink,
+    sync: SyncId,
+    object: &ObjectType,
+    ids: &[RecordId],
+) -> Result<HashMap<RecordId, Held>> {
+    match sink.held(object, ids).await? {
+        Some(held) => Ok(held),
+        None => state.held(sync, ids).await,
+    }
+}
+
+/// Opens the sink `spec` names, with the portal id a Postgres sink keys its rows by:
+/// cached in the state per (HubSpot, token), else asked of HubSpot once.
+///
+/// # Errors
+/// When the sink cannot be opened or the portal id cannot be read.
+pub async fn open_sink(
+    spec: &SinkSpec,
+    handlers: &HandlerOptions,
+    shutdown: &Shutdown,
+    client: &Client,
+    state: &State,
+) -> Result<Sink> {
+    let portal = if spec.needs_portal() {
+        let portal = portal(client, state).await?;
+        let target = spec.stored();
+        let bound = state.bind_portal(&target, portal).await?;
+        if bound != portal {
+            return Err(OtherPortal {
+                target,
+                bound,
+                portal,
+            }
+            .into());
+        }
+        Some(portal)
+    } else {
+        None
+    };
+    Sink::open(spec, handlers, shutdown, portal).await
+}
+
+/// A token of another portal than the one a state file already syncs into a shared
+/// sink: its cursors would skip that portal's records. Exits 78.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this state file syncs HubSpot portal {bound} into {target}, and this token belongs to portal \
+     {portal}: give each portal its own state file (--db or MARTECH_SYNC_DB); they can share the database"
+)]
+pub struct OtherPortal {
+    target: String,
+    bound: u64,
+    portal: u64,
+}
+
+/// The portal the client's token belongs to, cached in the state.
+///
+/// # Errors
+/// When HubSpot cannot say, or the state cannot be read or written.
+pub async fn portal(client: &Client, state: &State) -> Result<u64> {
+    if let Some(portal) = state.portal(client.account()).await? {
+        return Ok(portal);
+    }
+    let portal = client.portal_id().await?;
+    state.remember_portal(client.account(), portal).await?;
+    Ok(portal)
+}
+
 /// Tombstones for the records `fresh` winners absorbed that the destination holds live.
 async fn merge_tombstones(
     state: &State,
+    sink: &mut Sink,
     sync: SyncId,
     object: &ObjectType,
     fresh: &[&Record],
@@ -854,7 +934,7 @@ async fn merge_tombstones(
         return Ok(Vec::new());
     }
     let ids: Vec<_> = merged.iter().map(|(id, _)| *id).collect();
-    let held = state.held(sync, &ids).await?;
+    let held = held(state, sink, sync, object, &ids).await?;
     Ok(ledger::merge_tombstones(&held, &merged))
 }
 
@@ -1052,10 +1132,10 @@ impl Scan<'_> {
             ledger::fresh(&Default::default(), &page.records)
         } else {
             let ids: Vec<_> = page.records.iter().map(|r| r.id).collect();
-            let held = self.state.held(self.sync, &ids).await?;
+            let held = held(self.state, self.sink, self.sync, object, &ids).await?;
             ledger::fresh(&held, &page.records)
         };
-        let merged = merge_tombstones(self.state, self.sync, object, &fresh).await?;
+        let merged = merge_tombstones(self.state, self.sink, self.sync, object, &fresh).await?;
         let skipped = page.records.len() - fresh.len();
         let delivered: Vec<&Record> = fresh.into_iter().chain(&merged).collect();
         self.sink.deliver(object, &delivered).await?;

@@ -7,8 +7,9 @@
 //! once, so `records ÷ (search_rate × 200 + general_rate × 100)`; a search-only window,
 //! its searches ÷ the search rate. A second table gives requests by endpoint and 429s.
 //!
-//! The fake shares the machine (2 cores here) with the binary; figures are for
-//! comparing commits on one machine, not absolute.
+//! The fake shares the machine (2 cores here) with the binary, and for the postgres sink
+//! the tests' throwaway Postgres cluster too (started as the tests start it, with fsync
+//! off); figures are for comparing commits on one machine, not absolute.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +19,10 @@ use martech_sync::mock::{MockHubspot, Store, seed};
 use martech_sync::object::ObjectType;
 use martech_sync::timestamp::Millis;
 use serde_json::Value;
+
+/// The throwaway Postgres cluster of the tests, for the postgres sink.
+#[path = "support/postgres.rs"]
+mod pg;
 
 const BIN: &str = env!("CARGO_BIN_EXE_martech-sync");
 
@@ -81,6 +86,7 @@ fn main() {
     let scenarios = [
         Scenario::fast("fast, sqlite sink", 200_000, "sqlite"),
         Scenario::fast("fast, jsonl sink", 200_000, "jsonl"),
+        Scenario::fast("fast, postgres sink", 200_000, "postgres"),
         Scenario::fast("memory, 50k", 50_000, "sqlite"),
         Scenario::fast("memory, 500k", 500_000, "sqlite"),
         Scenario {
@@ -189,6 +195,7 @@ async fn run(s: &Scenario) -> (Row, Option<Duration>) {
     }
     let sink = match s.sink {
         "jsonl" => format!("jsonl:{}", dir.path().join("out.jsonl").display()),
+        "postgres" => pg::server().database().await.url,
         other => other.to_owned(),
     };
     let db = dir.path().join("state.db");

@@ -57,7 +57,16 @@ const MAP: &[(&str, &[&str])] = &[
     ),
     (
         "sink",
-        &["object", "private", "record", "shutdown", "state", "token"],
+        &[
+            "object",
+            "postgres",
+            "private",
+            "record",
+            "shutdown",
+            "state",
+            "timestamp",
+            "token",
+        ],
     ),
     (
         "state",
@@ -120,6 +129,7 @@ const MAP: &[(&str, &[&str])] = &[
     ("token.rs", &[]),
     ("properties.rs", &[]),
     ("private.rs", &[]),
+    ("postgres.rs", &[]),
 ];
 
 /// The crate modules `text` names: `crate::NAME`, and each name of a group

@@ -12,6 +12,7 @@ mod engine;
 mod faults;
 mod house;
 mod objects;
+mod postgres;
 mod readme;
 mod snapshots;
 mod terminal;

@@ -28,7 +28,6 @@ use crate::lock::{ObjectLock, ServeLock};
 use crate::progress::ProgressMode;
 use crate::report::Outcome;
 use crate::shutdown::Shutdown;
-use crate::sink::Sink;
 use crate::state::Sqlite;
 use crate::sync::{Engine, PollJob};
 use crate::timestamp::Millis;
@@ -91,12 +90,11 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     // write is retried, see `record_after_delivery`).
     let engine_state = Sqlite::open(db)?;
     engine_state.set_busy_timeout(Duration::from_secs(2))?;
-    let mut engine = Engine::new(
-        Arc::new(engine_state),
-        Client::new(&config.client)?,
-        Sink::open(&sink, &config.handlers, &shutdown)?,
-        ProgressMode::Hidden,
-    );
+    let engine_state: crate::state::State = Arc::new(engine_state);
+    let client = Client::new(&config.client)?;
+    let sink =
+        crate::sync::open_sink(&sink, &config.handlers, &shutdown, &client, &engine_state).await?;
+    let mut engine = Engine::new(engine_state, client, sink, ProgressMode::Hidden);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -21,7 +21,6 @@ use crate::lock::ObjectLock;
 use crate::progress::ProgressMode;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
-use crate::sink::Sink;
 use crate::state::Unassigned;
 use crate::state::{self, Sync};
 use crate::sync::{Engine, Loose};
@@ -94,11 +93,32 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     let client = Client::new(&config.client)?;
     sync.object = crate::sync::resolve(&client, &state, object).await?;
 
+    let spec = match &config.sink {
+        Some(spec) => Some(spec.clone()),
+        None => destination.sink_spec(),
+    };
+    // A sink that keeps its own ledger (Postgres) is read for what it holds; it is
+    // opened now, and used for the repair.
+    let shutdown = Shutdown::on_signals()?;
+    let mut own = match &spec {
+        Some(spec) if spec.needs_portal() => {
+            Some(crate::sync::open_sink(spec, &config.handlers, &shutdown, &client, &state).await?)
+        }
+        _ => None,
+    };
+
     let hubspot = live_records(&client, &sync.object).await?;
     let mut comparison = Comparison::new(hubspot, horizon(&sync));
     let mut after = None;
     loop {
-        let page = state.ledger_page(sync.id, after, LEDGER_PAGE).await?;
+        let page = match &mut own {
+            Some(sink) => sink.ledger_page(&sync.object, after, LEDGER_PAGE).await?,
+            None => None,
+        };
+        let page = match page {
+            Some(page) => page,
+            None => state.ledger_page(sync.id, after, LEDGER_PAGE).await?,
+        };
         comparison.ledger(&page);
         match page.last() {
             Some(last) if page.len() == LEDGER_PAGE => after = Some(last.id),
@@ -110,15 +130,17 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
 
     let mut repaired = None;
     if config.repair && !drift.is_empty() {
-        let spec = match &config.sink {
-            Some(spec) => spec.clone(),
-            None => destination.sink_spec().ok_or_else(|| {
-                UsageError::new(format!(
-                    "cannot tell the sink of {destination} from the state; give it with --sink"
-                ))
-            })?,
+        let spec = spec.ok_or_else(|| {
+            UsageError::new(format!(
+                "cannot tell the sink of {destination} from the state; give it with --sink"
+            ))
+        })?;
+        let sink = match own {
+            Some(sink) => sink,
+            None => {
+                crate::sync::open_sink(&spec, &config.handlers, &shutdown, &client, &state).await?
+            }
         };
-        let sink = Sink::open(&spec, &config.handlers, &Shutdown::on_signals()?)?;
         let mut engine = Engine::new(state.clone(), client.clone(), sink, ProgressMode::Hidden);
         repaired = Some(repair(&mut engine, &sync, &drift, &merged_into).await?);
     }

@@ -44,6 +44,17 @@ pub struct Counters {
     pub rate_limited: AtomicU64,
 }
 
+/// The first 128 bits of SHA-256 over the base URL and the token, in hex.
+fn account_key(base_url: &str, token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(base_url.trim_end_matches('/'))
+        .chain_update([0])
+        .chain_update(token)
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A HubSpot API client. Cheap to clone; clones share the connection pool, the token
 /// bucket and the counters.
 #[derive(Clone)]
@@ -62,6 +73,9 @@ pub struct Client {
     allowance: Arc<Mutex<Allowance>>,
     retry: RetryPolicy,
     counters: Arc<Counters>,
+    /// Names the (HubSpot, token) pair without the token: what a cached portal id is
+    /// kept under.
+    account: Arc<str>,
 }
 
 impl Client {
@@ -94,7 +108,14 @@ impl Client {
             })),
             retry: config.retry,
             counters: Arc::default(),
+            account: account_key(&config.base_url, config.token.expose()).into(),
         })
+    }
+
+    /// The key a cached portal id is kept under: a digest of the base URL and the
+    /// token, from which neither can be read back.
+    pub fn account(&self) -> &str {
+        &self.account
     }
 
     /// A clone that shares the pacing (the budgets are the account's) but counts its own

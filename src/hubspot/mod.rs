@@ -3,6 +3,7 @@
 //! CRM search (`search`), `--all-properties` hydration by batch read (`hydrate`) and the
 //! list endpoint for deletions and `verify` (`list`).
 
+pub mod account;
 pub mod client;
 pub mod error;
 pub mod hydrate;

@@ -5,25 +5,33 @@
 //! - `jsonl:PATH` (`-` for stdout): one JSON object a line, flushed and fsynced before
 //!   the checkpoint (`jsonl.rs`);
 //! - `exec:COMMAND`: each page as NDJSON on the stdin of `sh -c COMMAND`; exit 0 confirms
-//!   the page (`exec.rs`).
+//!   the page (`exec.rs`);
+//! - `postgres://…`: one table per object in the user's own database, the rows and the
+//!   versions they hold written in one Postgres transaction (`postgres.rs`). It keeps its
+//!   own ledger: [`Sink::held`] answers from its tables.
 //!
 //! The engine calls [`Sink::deliver`] and checkpoints only after it returned `Ok`.
 
 mod exec;
 mod jsonl;
+pub mod postgres;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Result;
 
 use crate::object::ObjectType;
+use crate::postgres::PgUrl;
 use crate::record::Record;
+use crate::record::RecordId;
 use crate::shutdown::Shutdown;
-use crate::state::RecordsTable;
+use crate::state::{Held, LedgerEntry, RecordsTable};
 
 pub use exec::{ExecSink, HandlerKilled, HandlerOptions, kill_running_handler};
 pub use jsonl::JsonlSink;
+pub use postgres::{PgTarget, PostgresSink};
 
 /// A parsed `--sink` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +39,7 @@ pub enum SinkSpec {
     Sqlite,
     Jsonl(JsonlTarget),
     Exec(Handler),
+    Postgres(Box<PgTarget>),
 }
 
 /// An `exec:` handler: the command, and the directory it runs in when it names files
@@ -77,13 +86,24 @@ pub struct SinkUnusable {
 
 /// A `--sink` value that is none of the forms.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown sink `{0}`: use sqlite, jsonl:PATH (jsonl:- for stdout) or exec:COMMAND")]
+#[error(
+    "unknown sink `{0}`: use sqlite, jsonl:PATH (jsonl:- for stdout), exec:COMMAND or postgres://URL"
+)]
 pub struct UnknownSink(String);
 
 impl FromStr for SinkSpec {
     type Err = UnknownSink;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if PgUrl::is_postgres(s) {
+            return match s.parse::<PgUrl>() {
+                Ok(url) => Ok(SinkSpec::Postgres(Box::new(PgTarget {
+                    url,
+                    schema: PgTarget::DEFAULT_SCHEMA.to_owned(),
+                }))),
+                Err(e) => Err(UnknownSink(e.to_string())),
+            };
+        }
         match s.split_once(':') {
             None if s == "sqlite" => Ok(SinkSpec::Sqlite),
             Some(("jsonl", "-")) => Ok(SinkSpec::Jsonl(JsonlTarget::Stdout)),
@@ -100,6 +120,11 @@ impl FromStr for SinkSpec {
 }
 
 impl SinkSpec {
+    /// Whether opening the sink needs the HubSpot portal id (Postgres keys rows by it).
+    pub fn needs_portal(&self) -> bool {
+        matches!(self, SinkSpec::Postgres(_))
+    }
+
     /// Whether this sink writes records to stdout.
     pub fn uses_stdout(&self) -> bool {
         matches!(self, SinkSpec::Jsonl(JsonlTarget::Stdout))
@@ -130,6 +155,10 @@ impl SinkSpec {
                     ..handler
                 })
             }
+            SinkSpec::Postgres(target) => SinkSpec::Postgres(Box::new(PgTarget {
+                url: target.url.from_environment(),
+                ..*target
+            })),
             other => other,
         })
     }
@@ -146,8 +175,17 @@ impl SinkSpec {
         }
     }
 
-    /// The inverse of [`SinkSpec::stored`].
+    /// The inverse of [`SinkSpec::stored`] (a Postgres password comes from
+    /// `PGPASSWORD`: the state never holds it).
     pub fn from_stored(s: &str) -> Option<SinkSpec> {
+        if let Some((url, schema)) = s.strip_suffix(')').and_then(|r| r.rsplit_once(" (schema "))
+            && PgUrl::is_postgres(url)
+        {
+            return Some(SinkSpec::Postgres(Box::new(PgTarget {
+                url: url.parse::<PgUrl>().ok()?.from_environment(),
+                schema: schema.to_owned(),
+            })));
+        }
         if let Some(rest) = s.strip_prefix("exec:")
             && let Some((command, dir)) =
                 rest.strip_suffix(')').and_then(|r| r.rsplit_once(" (in /"))
@@ -168,6 +206,7 @@ impl std::fmt::Display for SinkSpec {
             SinkSpec::Jsonl(JsonlTarget::Stdout) => f.write_str("jsonl:-"),
             SinkSpec::Jsonl(JsonlTarget::File(path)) => write!(f, "jsonl:{}", path.display()),
             SinkSpec::Exec(handler) => write!(f, "exec:{}", handler.command),
+            SinkSpec::Postgres(target) => write!(f, "{} (schema {})", target.url, target.schema),
         }
     }
 }
@@ -177,16 +216,28 @@ pub enum Sink {
     Sqlite,
     Jsonl(JsonlSink),
     Exec(ExecSink),
+    Postgres(Box<PostgresSink>),
 }
 
 impl Sink {
     /// Opens the sink `spec` names; an `exec:` handler runs under `handlers` and is
-    /// stopped by `shutdown`.
+    /// stopped by `shutdown`; Postgres rows are keyed by `portal` (see
+    /// [`SinkSpec::needs_portal`]).
     ///
     /// # Errors
-    /// When a jsonl file cannot be opened for appending.
-    pub fn open(spec: &SinkSpec, handlers: &HandlerOptions, shutdown: &Shutdown) -> Result<Sink> {
+    /// When a jsonl file cannot be opened for appending, or Postgres cannot be reached.
+    pub async fn open(
+        spec: &SinkSpec,
+        handlers: &HandlerOptions,
+        shutdown: &Shutdown,
+        portal: Option<u64>,
+    ) -> Result<Sink> {
         Ok(match spec {
+            SinkSpec::Postgres(target) => {
+                let portal =
+                    portal.ok_or_else(|| anyhow::anyhow!("a postgres sink needs the portal id"))?;
+                Sink::Postgres(Box::new(PostgresSink::open(target, portal).await?))
+            }
             SinkSpec::Sqlite => Sink::Sqlite,
             SinkSpec::Jsonl(target) => Sink::Jsonl(JsonlSink::open(target)?),
             SinkSpec::Exec(handler) => Sink::Exec(ExecSink::new(
@@ -210,6 +261,40 @@ impl Sink {
             Sink::Sqlite => Ok(()),
             Sink::Jsonl(sink) => sink.deliver(object, records),
             Sink::Exec(sink) => sink.deliver(object, records).await,
+            Sink::Postgres(sink) => sink.deliver(object, records).await,
+        }
+    }
+
+    /// What the destination holds of `ids`, when the sink keeps its own ledger
+    /// (Postgres: its rows); `None` when the state's ledger says.
+    ///
+    /// # Errors
+    /// When the sink cannot be read.
+    pub async fn held(
+        &mut self,
+        object: &ObjectType,
+        ids: &[RecordId],
+    ) -> Result<Option<HashMap<RecordId, Held>>> {
+        match self {
+            Sink::Postgres(sink) => sink.held(object, ids).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Up to `limit` entries of the sink's own ledger after `after`, by id; `None` when
+    /// the state's ledger is the one.
+    ///
+    /// # Errors
+    /// When the sink cannot be read.
+    pub async fn ledger_page(
+        &mut self,
+        object: &ObjectType,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Option<Vec<LedgerEntry>>> {
+        match self {
+            Sink::Postgres(sink) => sink.ledger_page(object, after, limit).await.map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -217,7 +302,7 @@ impl Sink {
     pub fn records_table(&self) -> RecordsTable {
         match self {
             Sink::Sqlite => RecordsTable::Write,
-            Sink::Jsonl(_) | Sink::Exec(_) => RecordsTable::Skip,
+            Sink::Jsonl(_) | Sink::Exec(_) | Sink::Postgres(_) => RecordsTable::Skip,
         }
     }
 }
@@ -251,6 +336,13 @@ mod tests {
             ("exec: ", None),
             ("jsonl:", None),
             ("postgres", None),
+            (
+                "postgres://",
+                Some(SinkSpec::Postgres(Box::new(PgTarget {
+                    url: "postgres://".parse().unwrap(),
+                    schema: "hubspot".into(),
+                }))),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(input.parse::<SinkSpec>().ok(), want, "{input}");

@@ -411,6 +411,26 @@ pub trait Storage: Send + std::marker::Sync {
     /// On storage errors.
     async fn cache_property_names(&self, object: &ObjectType, names: &[String]) -> Result<()>;
 
+    /// The HubSpot portal id cached for `account` (a digest of the base URL and token).
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn portal(&self, account: &str) -> Result<Option<u64>>;
+
+    /// Caches the portal id of `account`.
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn remember_portal(&self, account: &str, portal: u64) -> Result<()>;
+
+    /// Binds the shared sink `target` (its stored form) to `portal` on first use, and
+    /// returns the portal it is bound to: one state file's cursors for one target can
+    /// serve one portal only.
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn bind_portal(&self, target: &str, portal: u64) -> Result<u64>;
+
     /// Where every sync stands, by object and destination.
     ///
     /// # Errors

@@ -372,7 +372,14 @@ async fn fetch(engine: &mut Engine, sync: &Sync, events: &[Queued]) -> Result<Ve
     }
     // A merged-away record is news only to a destination that holds it live.
     if !merged_ids.is_empty() {
-        let held = engine.state.held(sync.id, &merged_ids).await?;
+        let held = crate::sync::held(
+            &engine.state,
+            &mut engine.sink,
+            sync.id,
+            &sync.object,
+            &merged_ids,
+        )
+        .await?;
         for unit in units.values_mut() {
             unit.gone.retain(|r| {
                 r.merged_into.is_none() || held.get(&r.id).is_some_and(|h| !h.archived)

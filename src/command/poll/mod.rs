@@ -81,7 +81,8 @@ async fn open(
         (&sink, &config.handlers),
         shutdown,
         config.progress,
-    )?;
+    )
+    .await?;
     Ok((lock, engine, job))
 }
 

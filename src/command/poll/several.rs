@@ -26,7 +26,6 @@ use crate::object::ObjectType;
 use crate::progress::{ProgressMode, summary_line};
 use crate::report::Outcome;
 use crate::shutdown::Shutdown;
-use crate::sink::Sink;
 use crate::sync::{Engine, PollJob};
 use crate::timestamp::Millis;
 use crate::watch;
@@ -91,12 +90,11 @@ pub async fn run(db: &Path, config: &PollConfig, shutdown: &Shutdown) -> Result<
             Err(e) => return Err(e),
         };
         let (sink, destination) = resolve_sink(db, &job.destination, config.sink.as_ref()).await?;
-        let engine = Engine::new(
-            crate::state::open(db)?,
-            client.with_own_counters(),
-            Sink::open(&sink, &config.handlers, shutdown)?,
-            ProgressMode::Hidden,
-        );
+        let state = crate::state::open(db)?;
+        let client = client.with_own_counters();
+        let sink =
+            crate::sync::open_sink(&sink, &config.handlers, shutdown, &client, &state).await?;
+        let engine = Engine::new(state, client, sink, ProgressMode::Hidden);
         ended.push((object.clone(), None));
         ready.push(Ready {
             _lock: lock,

@@ -372,6 +372,18 @@ impl Storage for Sqlite {
         self.write(|tx| syncs::cache_property_names(tx, object, names))
     }
 
+    async fn portal(&self, account: &str) -> Result<Option<u64>> {
+        self.with(|conn| syncs::portal(conn, account))
+    }
+
+    async fn remember_portal(&self, account: &str, portal: u64) -> Result<()> {
+        self.write(|tx| syncs::remember_portal(tx, account, portal))
+    }
+
+    async fn bind_portal(&self, target: &str, portal: u64) -> Result<u64> {
+        self.write(|tx| syncs::bind_portal(tx, target, portal))
+    }
+
     async fn status(&self) -> Result<Vec<SyncStatus>> {
         self.with(|conn| status::all(conn))
     }

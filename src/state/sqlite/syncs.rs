@@ -172,3 +172,39 @@ pub fn cache_property_names(
     )?;
     Ok(())
 }
+
+/// The portal id cached for `account` (see `Client::account`), in `meta`.
+pub fn portal(conn: &Connection, account: &str) -> Result<Option<u64>> {
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [format!("portal:{account}")],
+            |r| r.get(0),
+        )
+        .optional()?;
+    value
+        .map(|v| v.parse().context("reading the cached portal id"))
+        .transpose()
+}
+
+pub fn bind_portal(tx: &Transaction<'_>, target: &str, portal: u64) -> Result<u64> {
+    let key = format!("portal-of:{target}");
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+        params![key, portal.to_string()],
+    )?;
+    let bound: String =
+        tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?;
+    bound
+        .parse()
+        .context("reading the portal a sink is bound to")
+}
+
+pub fn remember_portal(tx: &Transaction<'_>, account: &str, portal: u64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![format!("portal:{account}"), portal.to_string()],
+    )?;
+    Ok(())
+}
