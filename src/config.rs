@@ -212,6 +212,15 @@ impl Config {
         if global.max_attempts == 0 {
             return Err(usage("--max-attempts must be at least 1"));
         }
+        if let Some(db) = global.db.to_str()
+            && crate::postgres::PgUrl::is_postgres(db)
+        {
+            return Err(usage(format!(
+                "--db {}: the state is a SQLite file; state in Postgres is not built yet \
+                 (records can go to Postgres with --sink)",
+                crate::postgres::redact_text(db)
+            )));
+        }
         let mut warnings = Vec::new();
         let command = match &cli.command {
             Command::Poll(args) => CommandConfig::Poll(poll(args, global, now, &mut warnings)?),
@@ -644,9 +653,12 @@ fn sink_spec(
         crate::sink::postgres::check_schema(schema).map_err(|e| usage(e.to_string()))?;
         schema.clone_into(&mut target.schema);
     }
-    let sink = sink
-        .absolute()
-        .map_err(|e| usage(format!("--sink {spec}: {e}")))?;
+    let sink = sink.absolute().map_err(|e| {
+        usage(format!(
+            "--sink {}: {e}",
+            crate::postgres::redact_text(spec)
+        ))
+    })?;
     let destination = Destination::of(&sink, name).map_err(|e| usage(e.to_string()))?;
     Ok((sink, destination))
 }

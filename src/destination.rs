@@ -96,8 +96,15 @@ impl Destination {
             let spec = SinkSpec::from_stored(&self.key)
                 .map_or_else(|| self.key.clone(), |s| s.to_string());
             format!(" --sink '{}'", spec.replace('\'', r"'\''"))
-        } else {
+        } else if self
+            .key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
             format!(" --destination {}", self.key)
+        } else {
+            // A postgres:// destination's key: quoted for the shell.
+            format!(" --destination '{}'", self.key.replace('\'', r"'\''"))
         }
     }
 

@@ -28,6 +28,10 @@ use tokio_postgres::config::{Host, SslMode};
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgUrl {
     config: tokio_postgres::Config,
+    /// `sslmode` and `sslrootcert` as the URL (or, once completed, `PGSSLMODE` and
+    /// `PGSSLROOTCERT`) gave them; `tls` is what they mean.
+    mode: Option<String>,
+    root: Option<String>,
     tls: Tls,
     /// The URL (without `sslmode`, `sslrootcert`) when it names hosts but no port: then
     /// `PGPORT` applies, as in libpq, and `config` (where tokio-postgres put 5432) is
@@ -63,8 +67,10 @@ impl PgUrl {
     /// Completes what the URL left out from the `PG*` variables `env` gives, as libpq
     /// does, and the defaults: a 10-second connect timeout, `martech-sync` as the
     /// application name.
-    #[must_use]
-    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> PgUrl {
+    ///
+    /// # Errors
+    /// When `PGSSLMODE` is no sslmode.
+    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<PgUrl, BadUrl> {
         if let Some(url) = self.portless.take()
             && let Some(port) = env("PGPORT").and_then(|p| p.parse::<u16>().ok())
             && let Ok(config) = tokio_postgres::Config::from_str(&with_port(&url, port))
@@ -111,18 +117,23 @@ impl PgUrl {
                 .unwrap_or(10);
             config.connect_timeout(Duration::from_secs(secs));
         }
-        if self.tls == Tls::Offered
-            && let Some(mode) = env("PGSSLMODE")
-            && let Ok(tls) = tls_mode(&mode, env("PGSSLROOTCERT"))
-        {
-            self.tls = tls;
+        // The URL's sslmode and sslrootcert win, each on its own, as in libpq; a
+        // PGSSLMODE that is no mode is refused, not read as the default.
+        if self.mode.is_none() {
+            self.mode = env("PGSSLMODE").filter(|m| !m.is_empty());
         }
-        self
+        if self.root.is_none() {
+            self.root = env("PGSSLROOTCERT").filter(|r| !r.is_empty());
+        }
+        self.tls = tls_mode(self.mode.as_deref(), self.root.clone())?;
+        Ok(self)
     }
 
     /// [`PgUrl::with_env`] from this process's environment.
-    #[must_use]
-    pub fn from_environment(self) -> PgUrl {
+    ///
+    /// # Errors
+    /// When `PGSSLMODE` is no sslmode.
+    pub fn from_environment(self) -> Result<PgUrl, BadUrl> {
         self.with_env(|name| std::env::var(name).ok())
     }
 
@@ -166,17 +177,20 @@ where
     }
 }
 
-/// `sslmode` (with `sslrootcert`) in libpq's meaning.
-fn tls_mode(mode: &str, root: Option<String>) -> Result<Tls, BadUrl> {
+/// `sslmode` (with `sslrootcert`) in libpq's meaning; no mode is `prefer`, or
+/// `verify-ca` with a root certificate.
+fn tls_mode(mode: Option<&str>, root: Option<String>) -> Result<Tls, BadUrl> {
     let root = root
         .filter(|r| !r.is_empty() && r != "system")
         .map(PathBuf::from);
     Ok(match mode {
-        "disable" => Tls::Off,
-        "allow" | "prefer" => Tls::Offered,
-        "require" if root.is_none() => Tls::Unchecked,
-        "require" | "verify-ca" | "verify-full" => Tls::Verified(root),
-        other => {
+        None if root.is_some() => Tls::Verified(root),
+        None => Tls::Offered,
+        Some("disable") => Tls::Off,
+        Some("allow" | "prefer") => Tls::Offered,
+        Some("require") if root.is_none() => Tls::Unchecked,
+        Some("require" | "verify-ca" | "verify-full") => Tls::Verified(root),
+        Some(other) => {
             return Err(BadUrl(format!(
                 "sslmode={other}: use disable, allow, prefer, require, verify-ca or verify-full"
             )));
@@ -301,14 +315,24 @@ impl FromStr for PgUrl {
                 redact_text(s)
             ))
         })?;
-        let tls = match mode {
-            Some(mode) => tls_mode(&mode, root)?,
-            None if root.is_some() => Tls::Verified(root.map(PathBuf::from)),
-            None => Tls::Offered,
-        };
+        // libpq and tokio-postgres end the user and password at the first '@': one
+        // more is a password that needed percent-encoding, now part of a host name.
+        if config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Tcp(name) if name.contains('@')))
+        {
+            return Err(BadUrl(format!(
+                "`{}`: write an '@' in the password as %40",
+                redact_text(s)
+            )));
+        }
+        let tls = tls_mode(mode.as_deref(), root.clone())?;
         let portless = (!config.get_hosts().is_empty() && !names_a_port(&url)).then_some(url);
         Ok(PgUrl {
             config,
+            mode,
+            root,
             tls,
             portless,
         })
@@ -356,14 +380,15 @@ fn with_port(url: &str, port: u16) -> String {
     )
 }
 
-/// What is shown and stored: `postgres://user@host:port/db`, with no password and no
-/// query but the socket directory.
+/// What is shown and stored: `postgres://user@host:port/db`, with no password, and a
+/// query of the socket directory and the TLS settings when they are not the default;
+/// it parses back to the same server, user, database and TLS.
 impl fmt::Display for PgUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
         f.write_str("postgres://")?;
         if let Some(user) = c.get_user() {
-            write!(f, "{user}@")?;
+            write!(f, "{}@", encode(user))?;
         }
         let ports = c.get_ports();
         let mut sockets = Vec::new();
@@ -385,12 +410,37 @@ impl fmt::Display for PgUrl {
                 Host::Unix(path) => sockets.push((path.display().to_string(), port)),
             }
         }
-        write!(f, "/{}", c.get_dbname().unwrap_or(""))?;
+        write!(f, "/{}", encode(c.get_dbname().unwrap_or("")))?;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
         if let Some((socket, port)) = sockets.first() {
-            write!(f, "?host={socket}&port={port}")?;
+            query.append_pair("host", socket);
+            query.append_pair("port", &port.to_string());
+        }
+        if let Some(mode) = self.mode.as_deref().filter(|m| *m != "prefer") {
+            query.append_pair("sslmode", mode);
+        }
+        if let Some(root) = &self.root {
+            query.append_pair("sslrootcert", root);
+        }
+        let query = query.finish();
+        if !query.is_empty() {
+            write!(f, "?{query}")?;
         }
         Ok(())
     }
+}
+
+/// `s` percent-encoded but for URL-safe characters, for a user or database name.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl fmt::Debug for PgUrl {
@@ -399,26 +449,33 @@ impl fmt::Debug for PgUrl {
     }
 }
 
-/// `s` with the password of a `scheme://user:password@` URL replaced by `***`, for a
-/// message about a URL that could not be parsed.
+/// `s` with what may be a password hidden, for a message about a value that could not
+/// be parsed: a URL's `user:password@` part up to its last '@' (a password may hold '/',
+/// '?' or '@'), and any `password=...` (a URL's query, a key=value string).
 pub fn redact_text(s: &str) -> String {
-    let Some((scheme, rest)) = s.split_once("://") else {
-        return s.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let shown = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{shown}{}", &rest[at..])
-        }
+    let mut out = match s.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let shown = match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => userinfo.to_owned(),
+                };
+                format!("{scheme}://{shown}{}", &rest[at..])
+            }
+            None => s.to_owned(),
+        },
         None => s.to_owned(),
+    };
+    let lower = out.to_ascii_lowercase();
+    if let Some(at) = lower.find("password") {
+        let rest = &out[at..];
+        let value_end = rest
+            .find(['&', ' ', '\t', '\n'])
+            .map_or(out.len(), |e| at + e);
+        out.replace_range(at..value_end, "password=***");
     }
+    out
 }
 
 #[cfg(test)]
@@ -433,6 +490,68 @@ mod tests {
         url.parse::<PgUrl>()
             .unwrap()
             .with_env(move |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_environment_completes_tls_as_libpq_does_and_a_bad_mode_is_refused() {
+        // PGSSLROOTCERT applies to the URL's own sslmode.
+        let url = parse(
+            "postgres://u@h/db?sslmode=require",
+            &[("PGSSLROOTCERT", "/ca.pem")],
+        );
+        assert_eq!(url.tls, Tls::Verified(Some("/ca.pem".into())));
+        // The URL's mode wins over PGSSLMODE.
+        let url = parse(
+            "postgres://u@h/db?sslmode=prefer",
+            &[("PGSSLMODE", "disable")],
+        );
+        assert_eq!(url.tls, Tls::Offered);
+        // A PGSSLMODE that is no mode is an error, not the default.
+        let err = "postgres://u@h/db"
+            .parse::<PgUrl>()
+            .unwrap()
+            .with_env(|name| (name == "PGSSLMODE").then(|| "verify_full".to_owned()))
+            .unwrap_err();
+        assert!(err.to_string().contains("verify_full"), "{err}");
+        // The stored form keeps TLS, and parses back to the same.
+        let url = parse(
+            "postgres://we%3Fird%40x@h/d%2Fb?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            &[],
+        );
+        let shown = url.to_string();
+        assert_eq!(
+            shown,
+            "postgres://we%3Fird%40x@h:5432/d%2Fb?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+        );
+        let back = parse(&shown, &[]);
+        assert_eq!(back.to_string(), shown);
+        assert_eq!(back.tls, url.tls);
+        assert_eq!(back.config.get_user(), Some("we?ird@x"));
+        assert_eq!(back.config.get_dbname(), Some("d/b"));
+    }
+
+    #[test]
+    fn passwords_never_show_in_a_message_about_a_bad_value() {
+        for bad in [
+            "postgres://u:S3CR/ETpw@127.0.0.1:55432/rv1?bogus=1",
+            "postgres://u:S3CR?ETpw@h/db?bogus=1",
+            "postgres://u:S3CR@ETpw@127.0.0.1:55432/rv1",
+            "postgres://u@h/db?password=S3CRETpw&bogus=1",
+            "Postgres://u:S3CRETpw@h/db",
+            "host=h password=S3CRETpw dbname=x",
+        ] {
+            let shown = redact_text(bad);
+            assert!(
+                !shown.contains("S3CR") && !shown.contains("ETpw"),
+                "{shown}"
+            );
+            if let Err(e) = bad.parse::<PgUrl>() {
+                assert!(!e.to_string().contains("ETpw"), "{e}");
+            }
+        }
+        let err = "postgres://u:S3CR@ETpw@h/db".parse::<PgUrl>().unwrap_err();
+        assert!(err.to_string().contains("%40"), "{err}");
     }
 
     #[test]
@@ -441,7 +560,10 @@ mod tests {
             "postgresql://sync:s3cret@db.internal:6432/crm?sslmode=require",
             &[],
         );
-        assert_eq!(url.to_string(), "postgres://sync@db.internal:6432/crm");
+        assert_eq!(
+            url.to_string(),
+            "postgres://sync@db.internal:6432/crm?sslmode=require"
+        );
         assert!(!format!("{url:?}").contains("s3cret"));
         assert_eq!(url.config.get_password(), Some(&b"s3cret"[..]));
         assert_eq!(url.tls, Tls::Unchecked);
@@ -469,13 +591,16 @@ mod tests {
         let url = parse("postgres://", &env);
         assert_eq!(
             url.to_string(),
-            "postgres://etl@/warehouse?host=/run/postgresql&port=5433"
+            "postgres://etl@/warehouse?host=%2Frun%2Fpostgresql&port=5433&sslmode=disable"
         );
         assert_eq!(url.config.get_password(), Some(&b"from-env"[..]));
         assert_eq!(url.tls, Tls::Off);
         // The URL wins over the environment.
         let url = parse("postgres://me:pw@h/db?sslmode=verify-full", &env);
-        assert_eq!(url.to_string(), "postgres://me@h:5433/db");
+        assert_eq!(
+            url.to_string(),
+            "postgres://me@h:5433/db?sslmode=verify-full"
+        );
         assert_eq!(url.config.get_password(), Some(&b"pw"[..]));
         assert_eq!(url.tls, Tls::Verified(None));
         assert_eq!(
@@ -483,9 +608,15 @@ mod tests {
             Some(&Duration::from_secs(10))
         );
         let url = parse("postgres://me@h:6000,[::1]:6001/db", &env);
-        assert_eq!(url.to_string(), "postgres://me@h:6000,[::1]:6001/db");
+        assert_eq!(
+            url.to_string(),
+            "postgres://me@h:6000,[::1]:6001/db?sslmode=disable"
+        );
         let url = parse("postgres://a,b/db", &env);
-        assert_eq!(url.to_string(), "postgres://etl@a:5433,b:5433/db");
+        assert_eq!(
+            url.to_string(),
+            "postgres://etl@a:5433,b:5433/db?sslmode=disable"
+        );
     }
 
     #[test]

@@ -178,13 +178,13 @@ impl Engine {
     pub async fn open(
         db: &std::path::Path,
         client: &ClientConfig,
-        sink: (&SinkSpec, &HandlerOptions),
+        sink: (&SinkSpec, &Destination, &HandlerOptions),
         shutdown: &Shutdown,
         progress: ProgressMode,
     ) -> Result<Engine> {
         let state = crate::state::open(db)?;
         let client = Client::new(client)?;
-        let sink = open_sink(sink.0, sink.1, shutdown, &client, &state).await?;
+        let sink = open_sink(sink.0, sink.1, sink.2, shutdown, &client, &state).await?;
         Ok(Engine::new(state, client, sink, progress))
     }
 
@@ -868,6 +868,7 @@ pub(crate) async fn held(
 /// When the sink cannot be opened or the portal id cannot be read.
 pub async fn open_sink(
     spec: &SinkSpec,
+    destination: &Destination,
     handlers: &HandlerOptions,
     shutdown: &Shutdown,
     client: &Client,
@@ -875,7 +876,9 @@ pub async fn open_sink(
 ) -> Result<Sink> {
     let portal = if spec.needs_portal() {
         let portal = portal(client, state).await?;
-        let target = spec.stored();
+        // Bound by destination, as cursors are: another portal's token for this
+        // destination, whatever the spelling of its URL, would start from its cursors.
+        let target = destination.key().to_owned();
         let bound = state.bind_portal(&target, portal).await?;
         if bound != portal {
             return Err(OtherPortal {

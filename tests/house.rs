@@ -15,6 +15,7 @@ const MAP: &[(&str, &[&str])] = &[
             "destination",
             "hubspot",
             "object",
+            "postgres",
             "properties",
             "sink",
             "state",

@@ -419,3 +419,158 @@ async fn two_portals_share_one_database_with_a_state_file_each() {
     assert_eq!(a.object_status("contacts").await["cursorMs"], before);
     assert_eq!(by_portal().await, [(777, 150), (62515, 100)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_only_usage_select_insert_and_update_loads_tables_an_admin_made() {
+    let env = Env::contacts(120).await;
+    let db = server().database().await;
+    // The administrator (the cluster's superuser) makes the schema and table.
+    poll(&env, &db, &["--until", "2024-01-01T00:00:01Z"])
+        .run()
+        .await
+        .success();
+    let role = format!("{}_sync", db.name);
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'limited-pw';
+             GRANT USAGE ON SCHEMA hubspot TO {role};
+             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA hubspot TO {role};"
+        ))
+        .await
+        .unwrap();
+    let (_, host) = db.url.split_once('@').unwrap();
+    let limited = format!("postgres://{role}:limited-pw@{host}");
+    let summary = env
+        .cmd(&[
+            "poll", "contacts", "--settle", "0s", "--sink", &limited, "--json",
+        ])
+        .env("MARTECH_SYNC_DB", env.path("limited.db").to_str().unwrap())
+        .run()
+        .await
+        .success()
+        .summary();
+    assert_eq!(summary["delivered"], 119, "{summary}");
+    assert_eq!(rows(&db).await.len(), 120);
+
+    // A table it may not write is one line and exit 78, not a retry for ever.
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "REVOKE INSERT, UPDATE ON ALL TABLES IN SCHEMA hubspot FROM {role}"
+        ))
+        .await
+        .unwrap();
+    env.mock.modify("contacts", [3]);
+    let refused = env
+        .cmd(&["poll", "contacts", "--settle", "0s", "--sink", &limited])
+        .env("MARTECH_SYNC_DB", env.path("limited.db").to_str().unwrap())
+        .run()
+        .await
+        .code(78);
+    let line = refused.error_line();
+    assert!(line.contains("permission denied"), "{line}");
+    assert!(!line.contains("limited-pw"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_settings_and_odd_names_survive_the_state_and_a_nul_character_lands() {
+    use martech_sync::mock::FakeRecord;
+    let env = Env::contacts(50).await;
+    let db = server().database().await;
+    // The fake's HubSpot gives a property with a NUL character.
+    {
+        let mut store = env.mock.store();
+        let mut properties = std::collections::BTreeMap::new();
+        properties.insert("firstname".to_owned(), "nul\u{0}byte".to_owned());
+        let at = crate::support::BASE.plus(Duration::from_secs(60));
+        store.insert("contacts", FakeRecord::new(51, at, at, properties));
+    }
+    // sslmode=disable: the test cluster has no TLS, so a destination rebuilt from the
+    // state without it would try TLS first (prefer) and still connect; with
+    // sslmode=require it would fail. Read back, the mode must be the one given.
+    let url = format!("{}?sslmode=disable", db.url);
+    env.cmd(&[
+        "poll",
+        "contacts",
+        "--settle",
+        "0s",
+        "--sink",
+        &url,
+        "--destination",
+        "warehouse",
+    ])
+    .run()
+    .await
+    .success();
+    let status = env.cmd(&["status", "--json"]).run().await.success();
+    assert!(
+        status.stdout.contains("sslmode=disable"),
+        "{}",
+        status.stdout
+    );
+    let client = db.client().await;
+    let nul: String = client
+        .query_one(
+            "SELECT properties->>'firstname' FROM hubspot.contacts WHERE id = 51",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nul, "nul\u{fffd}byte");
+
+    // The destination by name alone: the sink comes back from the state, TLS setting
+    // and all, with the password from PGPASSWORD.
+    env.mock.modify("contacts", [5]);
+    let summary = env
+        .cmd(&[
+            "poll",
+            "contacts",
+            "--settle",
+            "0s",
+            "--destination",
+            "warehouse",
+            "--json",
+        ])
+        .env("PGPASSWORD", &server().password())
+        .run()
+        .await
+        .success()
+        .summary();
+    assert_eq!(summary["delivered"], 1, "{summary}");
+    assert!(
+        summary["destination"]
+            .as_str()
+            .is_some_and(|d| d == "warehouse"),
+        "{summary}"
+    );
+    // Another portal's token for the same destination, under another spelling of the
+    // URL, is still refused.
+    env.mock.knobs().portal_id = 4242;
+    let other_spelling = url.replace("127.0.0.1", "localhost");
+    let state = rusqlite::Connection::open(env.db()).unwrap();
+    state
+        .execute("DELETE FROM meta WHERE key LIKE 'portal:%'", [])
+        .unwrap();
+    drop(state);
+    let mixed = env
+        .cmd(&[
+            "poll",
+            "contacts",
+            "--settle",
+            "0s",
+            "--sink",
+            &other_spelling,
+            "--destination",
+            "warehouse",
+        ])
+        .run()
+        .await
+        .code(78);
+    assert!(
+        mixed.error_line().contains("portal 4242"),
+        "{}",
+        mixed.stderr
+    );
+}

@@ -39,12 +39,19 @@ pub(crate) async fn resolve_sink(
     let mut spec = SinkSpec::Sqlite;
     if db.exists() {
         let known = state::open_read_only(db)?.syncs(None).await?;
-        if let Some(last) = known
+        if let Some(known) = known
             .iter()
-            .filter(|s| s.destination.key() == destination.key())
-            .find_map(|s| s.destination.sink_spec())
+            .find(|s| s.destination.key() == destination.key())
         {
-            spec = last;
+            // Never another sink than the destination's: one that cannot be read back
+            // (say a postgres:// URL PGSSLMODE now makes invalid) is an error.
+            spec = known.destination.sink_spec().ok_or_else(|| {
+                UsageError::new(format!(
+                    "the sink of destination {} cannot be rebuilt from the state file (check \
+                     the PG* variables); give it with --sink",
+                    destination.key()
+                ))
+            })?;
         }
     }
     let destination = Destination::named(destination.key(), spec.stored());

@@ -92,8 +92,15 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     engine_state.set_busy_timeout(Duration::from_secs(2))?;
     let engine_state: crate::state::State = Arc::new(engine_state);
     let client = Client::new(&config.client)?;
-    let sink =
-        crate::sync::open_sink(&sink, &config.handlers, &shutdown, &client, &engine_state).await?;
+    let sink = crate::sync::open_sink(
+        &sink,
+        &destination,
+        &config.handlers,
+        &shutdown,
+        &client,
+        &engine_state,
+    )
+    .await?;
     let mut engine = Engine::new(engine_state, client, sink, ProgressMode::Hidden);
     let listener = TcpListener::bind(config.listen)
         .await

@@ -101,9 +101,17 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
     // opened now, and used for the repair.
     let shutdown = Shutdown::on_signals()?;
     let mut own = match &spec {
-        Some(spec) if spec.needs_portal() => {
-            Some(crate::sync::open_sink(spec, &config.handlers, &shutdown, &client, &state).await?)
-        }
+        Some(spec) if spec.needs_portal() => Some(
+            crate::sync::open_sink(
+                spec,
+                destination,
+                &config.handlers,
+                &shutdown,
+                &client,
+                &state,
+            )
+            .await?,
+        ),
         _ => None,
     };
 
@@ -138,7 +146,15 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
         let sink = match own {
             Some(sink) => sink,
             None => {
-                crate::sync::open_sink(&spec, &config.handlers, &shutdown, &client, &state).await?
+                crate::sync::open_sink(
+                    &spec,
+                    destination,
+                    &config.handlers,
+                    &shutdown,
+                    &client,
+                    &state,
+                )
+                .await?
             }
         };
         let mut engine = Engine::new(state.clone(), client.clone(), sink, ProgressMode::Hidden);

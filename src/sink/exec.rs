@@ -106,7 +106,7 @@ impl ExecSink {
 
     /// The environment the handler gets: ours without the variables that hold a secret.
     fn environment(&self) -> Vec<(String, String)> {
-        const NAMED: [&str; 2] = ["HUBSPOT_TOKEN", "HUBSPOT_CLIENT_SECRET"];
+        const NAMED: [&str; 3] = ["HUBSPOT_TOKEN", "HUBSPOT_CLIENT_SECRET", "PGPASSWORD"];
         std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .filter(|(k, v)| {

@@ -114,7 +114,7 @@ impl FromStr for SinkSpec {
             Some(("exec", command)) if !command.trim().is_empty() => {
                 Ok(SinkSpec::Exec(Handler::new(command.trim())))
             }
-            _ => Err(UnknownSink(s.to_owned())),
+            _ => Err(UnknownSink(crate::postgres::redact_text(s))),
         }
     }
 }
@@ -156,7 +156,10 @@ impl SinkSpec {
                 })
             }
             SinkSpec::Postgres(target) => SinkSpec::Postgres(Box::new(PgTarget {
-                url: target.url.from_environment(),
+                url: target
+                    .url
+                    .from_environment()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
                 ..*target
             })),
             other => other,
@@ -182,7 +185,7 @@ impl SinkSpec {
             && PgUrl::is_postgres(url)
         {
             return Some(SinkSpec::Postgres(Box::new(PgTarget {
-                url: url.parse::<PgUrl>().ok()?.from_environment(),
+                url: url.parse::<PgUrl>().ok()?.from_environment().ok()?,
                 schema: schema.to_owned(),
             })));
         }

@@ -24,8 +24,9 @@ use tokio_postgres::Statement;
 use crate::object::ObjectType;
 use crate::postgres::PgUrl;
 use crate::record::{Record, RecordId};
-use crate::sink::SinkUnusable;
 use crate::state::{Held, LedgerEntry};
+
+use super::SinkUnusable;
 
 /// The layout this build writes; a schema marked newer is refused.
 const LAYOUT: i32 = 1;
@@ -48,7 +49,7 @@ impl PgTarget {
 /// A schema name that is not a plain identifier.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "--pg-schema `{0}`: use 1 to 63 lower-case letters, digits or '_', starting with a letter or '_'"
+    "--pg-schema `{0}`: use 1 to 63 lower-case letters, digits or '_', starting with a letter or '_' (not pg_ nor information_schema)"
 )]
 pub struct BadSchema(pub String);
 
@@ -63,7 +64,10 @@ pub fn check_schema(name: &str) -> Result<(), BadSchema> {
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        // Postgres's own schemas.
+        && !name.starts_with("pg_")
+        && name != "information_schema";
     if ok {
         Ok(())
     } else {
@@ -95,6 +99,8 @@ pub fn table_name(object: &ObjectType) -> String {
 /// An open Postgres sink.
 pub struct PostgresSink {
     client: tokio_postgres::Client,
+    /// `postgres://user@host:port/db (schema s)`, for messages.
+    shown: String,
     schema: String,
     portal: i64,
     tables: HashMap<String, Table>,
@@ -113,18 +119,20 @@ impl PostgresSink {
     /// # Errors
     /// When the server cannot be reached, or the schema is newer than this build.
     pub async fn open(target: &PgTarget, portal: u64) -> Result<PostgresSink> {
+        let shown = format!("{} (schema {})", target.url, target.schema);
         let mut client = target
             .url
             .connect()
             .await
-            .map_err(|e| unusable(target, e, || format!("connecting to {}", target.url)))?;
+            .map_err(|e| unusable(&shown, e, || format!("connecting to {}", target.url)))?;
         migrate(&mut client, &target.schema).await.map_err(|e| {
-            unusable(target, e, || {
+            unusable(&shown, e, || {
                 format!("preparing schema {} in {}", target.schema, target.url)
             })
         })?;
         Ok(PostgresSink {
             client,
+            shown,
             schema: target.schema.clone(),
             portal: i64::try_from(portal).context("a portal id past 2^63")?,
             tables: HashMap::new(),
@@ -137,7 +145,11 @@ impl PostgresSink {
         if !self.tables.contains_key(&name) {
             let table = create_table(&mut self.client, &self.schema, &name)
                 .await
-                .with_context(|| format!("creating table {}.{name}", self.schema))?;
+                .map_err(|e| {
+                    unusable(&self.shown, e, || {
+                        format!("preparing table {}.{name} in {}", self.schema, self.shown)
+                    })
+                })?;
             self.tables.insert(name.clone(), table);
         }
         Ok(&self.tables[&name])
@@ -152,6 +164,7 @@ impl PostgresSink {
         let portal = self.portal;
         let upsert = self.table(object).await?.upsert.clone();
         let rows = Rows::of(records)?;
+        let shown = &self.shown;
         self.client
             .execute(
                 &upsert,
@@ -167,7 +180,11 @@ impl PostgresSink {
                 ],
             )
             .await
-            .with_context(|| format!("writing {} rows to {}", records.len(), table_name(object)))?;
+            .map_err(|e| {
+                unusable(shown, e.into(), || {
+                    format!("writing {} rows to {}", records.len(), table_name(object))
+                })
+            })?;
         Ok(())
     }
 
@@ -183,7 +200,15 @@ impl PostgresSink {
         let portal = self.portal;
         let held = self.table(object).await?.held.clone();
         let ids: Vec<i64> = ids.iter().map(|id| to_sql(*id)).collect::<Result<_>>()?;
-        let rows = self.client.query(&held, &[&portal, &ids]).await?;
+        let rows = self
+            .client
+            .query(&held, &[&portal, &ids])
+            .await
+            .map_err(|e| {
+                unusable(&self.shown, e.into(), || {
+                    format!("reading {} in {}", table_name(object), self.shown)
+                })
+            })?;
         rows.iter()
             .map(|row| Ok((from_sql(row.get(0))?, held_of(row.get(1), row.get(2)))))
             .collect()
@@ -203,7 +228,15 @@ impl PostgresSink {
         let page = self.table(object).await?.page.clone();
         let after = after.map(to_sql).transpose()?.unwrap_or(-1);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.client.query(&page, &[&portal, &after, &limit]).await?;
+        let rows = self
+            .client
+            .query(&page, &[&portal, &after, &limit])
+            .await
+            .map_err(|e| {
+                unusable(&self.shown, e.into(), || {
+                    format!("reading {} in {}", table_name(object), self.shown)
+                })
+            })?;
         rows.iter()
             .map(|row| {
                 Ok(LedgerEntry {
@@ -218,25 +251,22 @@ impl PostgresSink {
 /// `err` as [`SinkUnusable`] (exit 78) when no rerun fixes it: the login refused, the
 /// database missing, a privilege lacking, a layout newer than this build. A server down
 /// or unreachable stays an ordinary failure (exit 1): the next run may find it up.
-fn unusable(
-    target: &PgTarget,
-    err: anyhow::Error,
-    doing: impl FnOnce() -> String,
-) -> anyhow::Error {
+fn unusable(shown: &str, err: anyhow::Error, doing: impl FnOnce() -> String) -> anyhow::Error {
     // PostgreSQL's SQLSTATE classes 28 (invalid authorization), 3D (invalid catalog
-    // name) and 42501 (insufficient privilege): "Appendix A. PostgreSQL Error Codes".
+    // name) and 42 (syntax error or access rule violation: a privilege lacking, a table
+    // of the same name with other columns): "Appendix A. PostgreSQL Error Codes".
     let fatal = err.chain().any(|e| {
         e.downcast_ref::<tokio_postgres::Error>()
             .and_then(tokio_postgres::Error::code)
             .is_some_and(|code| {
                 let code = code.code();
-                code.starts_with("28") || code.starts_with("3D") || code == "42501"
+                code.starts_with("28") || code.starts_with("3D") || code.starts_with("42")
             })
             || e.is::<NewerLayout>()
     });
     if fatal {
         SinkUnusable {
-            sink: format!("{} (schema {})", target.url, target.schema),
+            sink: shown.to_owned(),
             why: format!("{err:#}"),
         }
         .into()
@@ -252,6 +282,32 @@ fn unusable(
 )]
 struct NewerLayout {
     found: i32,
+}
+
+/// The properties as JSON text `jsonb` takes. `jsonb` refuses the character U+0000
+/// (PostgreSQL's "JSON Types": "\u0000 is disallowed"), which a text field of HubSpot
+/// may hold; it becomes U+FFFD rather than stopping the object's sync for good.
+fn jsonb_text(properties: &serde_json::Map<String, serde_json::Value>) -> Result<String> {
+    let text = serde_json::to_string(properties)?;
+    if !text.contains("\\u0000") {
+        return Ok(text);
+    }
+    fn clean(value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(s.replace('\0', "\u{fffd}")),
+            Value::Array(items) => Value::Array(items.iter().map(clean).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.replace('\0', "\u{fffd}"), clean(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    Ok(serde_json::to_string(&clean(&serde_json::Value::Object(
+        properties.clone(),
+    )))?)
 }
 
 fn held_of(modified: i64, archived: bool) -> Held {
@@ -310,7 +366,7 @@ impl Rows {
             rows.ids.push(to_sql(r.id)?);
             rows.modified.push(r.modified.0);
             rows.archived.push(r.archived);
-            rows.properties.push(serde_json::to_string(&r.properties)?);
+            rows.properties.push(jsonb_text(&r.properties)?);
             rows.created
                 .push((!r.created_at.is_empty()).then(|| r.created_at.clone()));
             rows.archived_at.push(r.archived_at.clone());
@@ -332,14 +388,22 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-         CREATE TABLE IF NOT EXISTS {versions} (
-             version    integer PRIMARY KEY,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );"
-    ))
-    .await?;
+    // Created only when missing: `CREATE ... IF NOT EXISTS` asks for the CREATE privilege
+    // even when the object exists, and a schema and tables an administrator made for a
+    // user with no more than USAGE, SELECT, INSERT and UPDATE must do.
+    if !exists(&tx, &format!("\"{schema}\"")).await? {
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await?;
+    }
+    if !exists(&tx, &versions).await? {
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {versions} (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )"
+        ))
+        .await?;
+    }
     let found: Option<i32> = tx
         .query_one(&format!("SELECT max(version) FROM {versions}"), &[])
         .await?
@@ -361,6 +425,17 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
     Ok(())
 }
 
+/// Whether the schema (`"s"`) or relation (`"s"."t"`) `name` exists, asked without
+/// needing any privilege on it.
+async fn exists(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<bool> {
+    let sql = if name.contains("\".\"") {
+        "SELECT to_regclass($1) IS NOT NULL"
+    } else {
+        "SELECT to_regnamespace($1) IS NOT NULL"
+    };
+    Ok(tx.query_one(sql, &[&name]).await?.get(0))
+}
+
 /// Creates `schema.name` if it is new, and prepares its statements.
 async fn create_table(
     client: &mut tokio_postgres::Client,
@@ -374,8 +449,9 @@ async fn create_table(
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
+    if !exists(&tx, &table).await? {
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
              portal_id   bigint      NOT NULL,
              id          bigint      NOT NULL,
              properties  jsonb       NOT NULL,
@@ -387,8 +463,9 @@ async fn create_table(
              synced_at   timestamptz NOT NULL DEFAULT now(),
              PRIMARY KEY (portal_id, id)
          )"
-    ))
-    .await?;
+        ))
+        .await?;
+    }
     tx.commit().await?;
     // Versions go in as epoch milliseconds and come out the same: timestamptz keeps
     // microseconds, and the arithmetic is exact.
@@ -436,6 +513,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_nul_character_becomes_a_replacement_character_for_jsonb() {
+        let props: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"firstname":"nul\u0000byte","path":"C:\\u0000","tags":["a\u0000"]}"#,
+        )
+        .unwrap();
+        let text = jsonb_text(&props).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["firstname"], "nul\u{fffd}byte");
+        assert_eq!(back["path"], "C:\\u0000", "a literal backslash-u stays");
+        assert_eq!(back["tags"][0], "a\u{fffd}");
+    }
+
+    #[test]
     fn tables_and_schemas_are_plain_identifiers() {
         let name = |s: &str| table_name(&ObjectType::unchecked(s));
         assert_eq!(name("contacts"), "contacts");
@@ -445,7 +535,16 @@ mod tests {
         for ok in ["hubspot", "_x", "crm_2"] {
             assert!(check_schema(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Hub", "1x", "a-b", "a\"b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Hub",
+            "1x",
+            "a-b",
+            "a\"b",
+            &"x".repeat(64),
+            "pg_catalog",
+            "information_schema",
+        ] {
             assert!(check_schema(bad).is_err(), "{bad}");
         }
     }

@@ -78,7 +78,7 @@ async fn open(
     let engine = Engine::open(
         db,
         &config.client,
-        (&sink, &config.handlers),
+        (&sink, &job.destination, &config.handlers),
         shutdown,
         config.progress,
     )

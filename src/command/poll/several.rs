@@ -92,8 +92,15 @@ pub async fn run(db: &Path, config: &PollConfig, shutdown: &Shutdown) -> Result<
         let (sink, destination) = resolve_sink(db, &job.destination, config.sink.as_ref()).await?;
         let state = crate::state::open(db)?;
         let client = client.with_own_counters();
-        let sink =
-            crate::sync::open_sink(&sink, &config.handlers, shutdown, &client, &state).await?;
+        let sink = crate::sync::open_sink(
+            &sink,
+            &destination,
+            &config.handlers,
+            shutdown,
+            &client,
+            &state,
+        )
+        .await?;
         let engine = Engine::new(state, client, sink, ProgressMode::Hidden);
         ended.push((object.clone(), None));
         ready.push(Ready {
