@@ -139,10 +139,9 @@ async fn sigterm_stops_the_handler_and_a_second_one_exits_130() {
         let want = if second { 130 } else { 1 };
         assert_eq!(out.status.code(), Some(want), "second signal: {second}");
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(
-            !alive(&pid_file),
-            "the handler outlived the run (second signal: {second})"
-        );
+        // SIGKILL to the handler's group is sent before the exit, but its delivery is
+        // the kernel's: the handler is gone moments later, not always at the exit.
+        eventually(Duration::from_secs(2), || !alive(&pid_file)).await;
         assert!(env.object_status("contacts").await["cursor"].is_null());
     }
 }
