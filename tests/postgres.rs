@@ -195,22 +195,26 @@ async fn audit_writes(db: &Database) {
         .expect("installing the audit trigger");
 }
 
+/// An empty `hubspot.contacts` with the audit trigger, and a state that has forgotten
+/// it: one record first, so that the table exists for the trigger, then a cursor reset.
+async fn audited_from_nothing(env: &Env, db: &Database) {
+    poll(env, db, &["--until", "2024-01-01T00:00:01Z"])
+        .run()
+        .await
+        .success();
+    audit_writes(db).await;
+    env.cmd(&["cursor", "reset", "contacts", "--sink", &db.url, "--yes"])
+        .run()
+        .await
+        .success();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_killed_12_times_while_records_change_lands_every_version_once() {
     const N: u64 = 20_000;
     let env = Env::contacts(N).await;
     let db = server().database().await;
-    // One record first, so that the table exists for the audit trigger; then the state
-    // forgets it and the backfill starts from nothing.
-    poll(&env, &db, &["--until", "2024-01-01T00:00:01Z"])
-        .run()
-        .await
-        .success();
-    audit_writes(&db).await;
-    env.cmd(&["cursor", "reset", "contacts", "--sink", &db.url, "--yes"])
-        .run()
-        .await
-        .success();
+    audited_from_nothing(&env, &db).await;
 
     env.mock.knobs().latency = Duration::from_millis(15);
     let mut changed = Vec::new();
@@ -281,15 +285,7 @@ async fn a_page_postgres_committed_but_the_state_did_not_is_not_written_again() 
     const N: u64 = 3_000;
     let env = Env::contacts(N).await;
     let db = server().database().await;
-    poll(&env, &db, &["--until", "2024-01-01T00:00:01Z"])
-        .run()
-        .await
-        .success();
-    audit_writes(&db).await;
-    env.cmd(&["cursor", "reset", "contacts", "--sink", &db.url, "--yes"])
-        .run()
-        .await
-        .success();
+    audited_from_nothing(&env, &db).await;
 
     // Pages slow enough to take the state file's write lock between two of them.
     env.mock.knobs().latency = Duration::from_millis(50);

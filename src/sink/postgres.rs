@@ -200,18 +200,24 @@ impl PostgresSink {
         let portal = self.portal;
         let held = self.table(object).await?.held.clone();
         let ids: Vec<i64> = ids.iter().map(|id| to_sql(*id)).collect::<Result<_>>()?;
-        let rows = self
-            .client
-            .query(&held, &[&portal, &ids])
-            .await
-            .map_err(|e| {
-                unusable(&self.shown, e.into(), || {
-                    format!("reading {} in {}", table_name(object), self.shown)
-                })
-            })?;
+        let rows = self.read(object, &held, &[&portal, &ids]).await?;
         rows.iter()
             .map(|row| Ok((from_sql(row.get(0))?, held_of(row.get(1), row.get(2)))))
             .collect()
+    }
+
+    /// Runs one of `object`'s reading statements.
+    async fn read(
+        &self,
+        object: &ObjectType,
+        statement: &Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.client.query(statement, params).await.map_err(|e| {
+            unusable(&self.shown, e.into(), || {
+                format!("reading {} in {}", table_name(object), self.shown)
+            })
+        })
     }
 
     /// Up to `limit` rows with ids after `after`, by id, as ledger entries.
@@ -228,15 +234,7 @@ impl PostgresSink {
         let page = self.table(object).await?.page.clone();
         let after = after.map(to_sql).transpose()?.unwrap_or(-1);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .client
-            .query(&page, &[&portal, &after, &limit])
-            .await
-            .map_err(|e| {
-                unusable(&self.shown, e.into(), || {
-                    format!("reading {} in {}", table_name(object), self.shown)
-                })
-            })?;
+        let rows = self.read(object, &page, &[&portal, &after, &limit]).await?;
         rows.iter()
             .map(|row| {
                 Ok(LedgerEntry {
