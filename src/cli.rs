@@ -28,7 +28,9 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// SQLite state file: cursors, checkpoints, delivered versions, runs, records.
+    /// The state (cursors, checkpoints, delivered versions, runs, the webhook queue): a
+    /// SQLite file, or postgres://USER@HOST/DB to keep it in Postgres, shared by many
+    /// processes, machines and portals (the password from PGPASSWORD).
     #[arg(
         long,
         env = "MARTECH_SYNC_DB",
@@ -36,6 +38,11 @@ pub struct GlobalArgs {
         global = true
     )]
     pub db: PathBuf,
+
+    /// In a postgres:// --db that keeps several HubSpot portals: the portal (account id)
+    /// that status, cursor and dead-letters act on. Runs with a token use its portal.
+    #[arg(long, value_name = "ID", env = "MARTECH_SYNC_PORTAL", global = true)]
+    pub portal: Option<u64>,
 
     /// The schema a postgres:// sink's tables go in (created if missing).
     #[arg(

@@ -14,7 +14,7 @@ use crate::hubspot::{ClientConfig, RetryPolicy};
 use crate::object::{ObjectType, STANDARD};
 use crate::progress::ProgressMode;
 use crate::sink::{HandlerOptions, SinkSpec};
-use crate::state::Pass;
+use crate::state::{Location, Pass};
 use crate::sync::{PollJob, Wanted};
 use crate::timestamp::Millis;
 use crate::token::Token;
@@ -39,7 +39,9 @@ fn usage(message: impl Into<String>) -> UsageError {
 /// Everything a run needs, validated.
 #[derive(Debug)]
 pub struct Config {
-    pub db: PathBuf,
+    pub db: Location,
+    /// `--portal`: the portal commands without a token act on in a Postgres state.
+    pub portal: Option<u64>,
     pub log: LogConfig,
     pub command: CommandConfig,
     /// Said at WARN once logging is up (a secret on the command line, say).
@@ -212,15 +214,7 @@ impl Config {
         if global.max_attempts == 0 {
             return Err(usage("--max-attempts must be at least 1"));
         }
-        if let Some(db) = global.db.to_str()
-            && crate::postgres::PgUrl::is_postgres(db)
-        {
-            return Err(usage(format!(
-                "--db {}: the state is a SQLite file; state in Postgres is not built yet \
-                 (records can go to Postgres with --sink)",
-                crate::postgres::redact_text(db)
-            )));
-        }
+        let db = location(&global.db)?;
         let mut warnings = Vec::new();
         let command = match &cli.command {
             Command::Poll(args) => CommandConfig::Poll(poll(args, global, now, &mut warnings)?),
@@ -392,7 +386,8 @@ impl Config {
             }
         };
         Ok(Config {
-            db: real_path(&global.db),
+            db,
+            portal: global.portal,
             log,
             command,
             warnings,
@@ -661,6 +656,22 @@ fn sink_spec(
     })?;
     let destination = Destination::of(&sink, name).map_err(|e| usage(e.to_string()))?;
     Ok((sink, destination))
+}
+
+/// A `--db` value: a postgres:// URL (completed from the PG* variables), else a state
+/// file.
+fn location(db: &std::path::Path) -> Result<Location, UsageError> {
+    match db.to_str() {
+        Some(text) if crate::postgres::PgUrl::is_postgres(text) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                usage(format!("--db {}: {e}", crate::postgres::redact_text(text)))
+            };
+            let url: crate::postgres::PgUrl = text.parse().map_err(|e| bad(&e))?;
+            let url = url.from_environment().map_err(|e| bad(&e))?;
+            Ok(Location::Postgres(Box::new(url)))
+        }
+        _ => Ok(Location::File(real_path(db))),
+    }
 }
 
 /// `path` through the real directory it is in: locks live beside the state file, so two

@@ -14,6 +14,7 @@ use crate::command::verify::DriftFound;
 use crate::config::UsageError;
 use crate::lock::{LockHeld, NoStateDir, ServeHeld, UntrustedLockDir};
 use crate::sink::SinkUnusable;
+use crate::state::postgres::{NoPortal, StateUnusable};
 use crate::state::sqlite::{HardLinked, NewerSchema, NotAStateFile};
 use crate::sync::{NeedsRefresh, OtherPortal};
 use crate::window::PlanError;
@@ -60,6 +61,8 @@ pub fn code(err: &anyhow::Error) -> u8 {
             || e.is::<NoStateDir>()
             || e.is::<SinkUnusable>()
             || e.is::<OtherPortal>()
+            || e.is::<StateUnusable>()
+            || e.is::<NoPortal>()
     }) {
         CONFIG
     } else {

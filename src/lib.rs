@@ -89,14 +89,20 @@ pub fn run(cli: Cli) -> Result<()> {
     runtime.block_on(async {
         match &config.command {
             CommandConfig::Poll(poll) => command::poll::run(&config.db, poll).await,
-            CommandConfig::Status(status) => command::status::run(&config.db, status).await,
+            CommandConfig::Status(status) => {
+                command::status::run(&config.db, config.portal, status).await
+            }
             CommandConfig::Demo(demo) => command::demo::run(demo).await,
             CommandConfig::Mock(mock) => command::mock::run(mock).await,
-            CommandConfig::Cursor(cursor) => command::cursor::run(&config.db, cursor).await,
+            CommandConfig::Cursor(cursor) => {
+                command::cursor::run(&config.db, config.portal, cursor).await
+            }
             CommandConfig::Completions(shell) => command::generate::completions(*shell),
             CommandConfig::Man(dir) => command::generate::man(dir.as_deref()),
             CommandConfig::Serve(serve) => command::serve::run(&config.db, serve).await,
-            CommandConfig::DeadLetters(dead) => command::dead_letters::run(&config.db, dead).await,
+            CommandConfig::DeadLetters(dead) => {
+                command::dead_letters::run(&config.db, config.portal, dead).await
+            }
             CommandConfig::Verify(verify) => command::verify::run(&config.db, verify).await,
         }
     })

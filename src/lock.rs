@@ -1,8 +1,16 @@
-//! One runner per (state file, object, destination): an OS file lock in a directory
-//! beside the state file (`state.db.locks/`, so lock files stay out of the user's way).
-//! The kernel releases it when the process dies, `kill -9` included, so a crashed run
-//! never leaves a stale lock behind. The holder writes its pid into the file for the
-//! message a second run prints. Files and directory are private to the user.
+//! One runner per (state, object, destination).
+//!
+//! For a state file: an OS file lock in a directory beside it (`state.db.locks/`, so lock
+//! files stay out of the user's way). The kernel releases it when the process dies,
+//! `kill -9` included, so a crashed run never leaves a stale lock behind. The holder
+//! writes its pid into the file for the message a second run prints. Files and
+//! directory are private to the user.
+//!
+//! For a Postgres state: a session advisory lock (`pg_try_advisory_lock`) on a
+//! connection of its own, keyed by (portal, object, destination), so that processes on
+//! different machines exclude each other. The server frees it when the session ends: at
+//! once when the holder's process dies (its socket closes), and within about 10 s when
+//! its machine does (the session's TCP keepalives, see `state::postgres::connect`).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -14,6 +22,8 @@ use sha2::{Digest, Sha256};
 
 use crate::destination::Destination;
 use crate::object::ObjectType;
+use crate::postgres::PgUrl;
+use crate::state::Location;
 
 /// Another process holds the lock; the run exits 75 (`EX_TEMPFAIL`).
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +56,129 @@ pub struct NoStateDir {
 }
 
 /// A held lock of one sync; dropping it releases it.
-#[derive(Debug)]
 pub struct ObjectLock {
-    _file: File,
+    _held: Held,
 }
 
-/// The lock of the one `serve` of a state file.
+/// What holds a lock: the open lock file, or the Postgres session holding the
+/// advisory lock (dropping the client ends the session).
+#[expect(dead_code, reason = "held only to be dropped")]
+enum Held {
+    File(File),
+    Session(tokio_postgres::Client),
+}
+
+impl std::fmt::Debug for ObjectLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectLock")
+    }
+}
+
+/// The lock of the one `serve` of a state file; none for a Postgres state, whose queue
+/// many receivers and workers share.
 #[derive(Debug)]
 pub struct ServeLock {
-    _file: File,
+    _file: Option<File>,
+}
+
+/// Takes the lock of `object` to `destination` in the state `db` (of `portal`, for a
+/// state that keeps many), without waiting.
+///
+/// # Errors
+/// [`LockHeld`] when another process has it; as [`ObjectLock::acquire`] otherwise, or
+/// when Postgres cannot be reached.
+pub async fn lock(
+    db: &Location,
+    portal: Option<u64>,
+    object: &ObjectType,
+    destination: &Destination,
+) -> Result<ObjectLock> {
+    match db {
+        Location::File(path) => ObjectLock::acquire(path, object, destination),
+        Location::Postgres(url) => {
+            let key = format!("{}|{object}|{}", portal.unwrap_or(0), destination.key());
+            match advisory(url, &key).await? {
+                Ok(session) => Ok(ObjectLock {
+                    _held: Held::Session(session),
+                }),
+                Err(holder) => Err(LockHeld {
+                    object: object.to_string(),
+                    destination: destination.to_string(),
+                    holder,
+                    path: match portal {
+                        Some(portal) => format!("portal {portal} in {url}"),
+                        None => url.to_string(),
+                    },
+                }
+                .into()),
+            }
+        }
+    }
+}
+
+/// Takes the serve lock of the state `db`: one `serve` per state file; any number on a
+/// Postgres state.
+///
+/// # Errors
+/// As [`ServeLock::acquire`].
+pub fn serve_lock(db: &Location) -> Result<ServeLock> {
+    match db {
+        Location::File(path) => ServeLock::acquire(path),
+        Location::Postgres(_) => Ok(ServeLock { _file: None }),
+    }
+}
+
+/// Takes the session advisory lock named by `key` on a connection of its own: the
+/// session holding it, or who holds it.
+async fn advisory(url: &PgUrl, key: &str) -> Result<Result<tokio_postgres::Client, String>> {
+    let digest = Sha256::digest(format!("martech-sync lock|{key}").as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    let id = i64::from_be_bytes(id);
+    let client = url
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url} for a lock"))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let me = format!("martech-sync pid {} on {}", std::process::id(), host.trim());
+    // Keepalives as the state's sessions have them: a dead machine's lock frees itself
+    // within about 10 s. The application name tells a second run who holds it.
+    client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 4; SET tcp_keepalives_interval = 2; \
+             SET tcp_keepalives_count = 3",
+        )
+        .await?;
+    client
+        .execute("SELECT set_config('application_name', $1, false)", &[&me])
+        .await?;
+    let taken: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&id])
+        .await?
+        .get(0);
+    if taken {
+        return Ok(Ok(client));
+    }
+    // pg_locks shows a bigint key as its high and low 32 bits, objsubid 1.
+    let bits = id.cast_unsigned();
+    let holder: Option<String> = client
+        .query_opt(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.classid = $1 AND l.objid = $2 AND l.database = (
+                   SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[
+                &u32::try_from(bits >> 32)?,
+                &u32::try_from(bits & 0xffff_ffff)?,
+            ],
+        )
+        .await?
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .filter(|name| name.starts_with("martech-sync pid "));
+    Ok(Err(holder.map_or_else(
+        || "holder unknown".to_owned(),
+        |name| name.trim_start_matches("martech-sync ").to_owned(),
+    )))
 }
 
 /// The directory beside the state file `db` that holds its locks.
@@ -84,7 +208,9 @@ impl ObjectLock {
         destination: &Destination,
     ) -> Result<ObjectLock> {
         match take(db, &lock_path(db, object, destination))? {
-            Ok(file) => Ok(ObjectLock { _file: file }),
+            Ok(file) => Ok(ObjectLock {
+                _held: Held::File(file),
+            }),
             Err(holder) => Err(LockHeld {
                 object: object.to_string(),
                 destination: destination.to_string(),
@@ -103,7 +229,7 @@ impl ServeLock {
     /// [`ServeHeld`] when another process has it; as [`ObjectLock::acquire`] otherwise.
     pub fn acquire(db: &Path) -> Result<ServeLock> {
         match take(db, &locks_dir(db).join("serve.lock"))? {
-            Ok(file) => Ok(ServeLock { _file: file }),
+            Ok(file) => Ok(ServeLock { _file: Some(file) }),
             Err(holder) => Err(ServeHeld {
                 holder,
                 path: db.display().to_string(),

@@ -24,10 +24,10 @@ use tokio::task::JoinSet;
 
 use crate::destination::Destination;
 use crate::fetch::{self, Claims, Fetched, Fetcher, hydrated};
+use crate::hubspot::Client;
 use crate::hubspot::client::is_budget_exhausted;
 use crate::hubspot::list::Listing;
 use crate::hubspot::search::{Page, SearchBody};
-use crate::hubspot::{Client, ClientConfig};
 use crate::ledger;
 use crate::object::ObjectType;
 use crate::progress::{Progress, ProgressMode};
@@ -171,23 +171,6 @@ struct Properties {
 }
 
 impl Engine {
-    /// Opens the state file `db`, the client and the sink. The caller holds the lock.
-    ///
-    /// # Errors
-    /// When any of them cannot be opened.
-    pub async fn open(
-        db: &std::path::Path,
-        client: &ClientConfig,
-        sink: (&SinkSpec, &Destination, &HandlerOptions),
-        shutdown: &Shutdown,
-        progress: ProgressMode,
-    ) -> Result<Engine> {
-        let state = crate::state::open(db)?;
-        let client = Client::new(client)?;
-        let sink = open_sink(sink.0, sink.1, sink.2, shutdown, &client, &state).await?;
-        Ok(Engine::new(state, client, sink, progress))
-    }
-
     /// The engine over what is already open.
     pub fn new(state: State, client: Client, sink: Sink, progress: ProgressMode) -> Engine {
         Engine {
@@ -906,6 +889,23 @@ pub struct OtherPortal {
     target: String,
     bound: u64,
     portal: u64,
+}
+
+/// Opens the state at `db` for the client's token: a Postgres state, which keeps many
+/// portals, narrowed to the token's portal (returned too; `None` for a state file).
+///
+/// # Errors
+/// When the state cannot be opened, or HubSpot cannot say the portal.
+pub async fn open_state(
+    db: &crate::state::Location,
+    client: &Client,
+) -> Result<(State, Option<u64>)> {
+    let state = crate::state::open(db).await?;
+    if db.file().is_some() {
+        return Ok((state, None));
+    }
+    let portal = portal(client, &state).await?;
+    Ok((crate::state::for_portal(state, Some(portal)), Some(portal)))
 }
 
 /// The portal the client's token belongs to, cached in the state.

@@ -14,6 +14,7 @@ mod house;
 mod objects;
 mod postgres;
 mod readme;
+mod shared_state;
 mod snapshots;
 mod terminal;
 mod webhooks;

@@ -17,6 +17,24 @@ fn poll(env: &Env, db: &Database, extra: &[&str]) -> crate::support::Cmd {
     env.cmd(&args)
 }
 
+/// Where the kill tests keep the state.
+#[derive(Clone, Copy)]
+enum StateIn {
+    File,
+    /// The database the rows go to.
+    Postgres,
+}
+
+impl StateIn {
+    /// `cmd` with the state there.
+    fn on(self, cmd: crate::support::Cmd, db: &Database) -> crate::support::Cmd {
+        match self {
+            StateIn::File => cmd,
+            StateIn::Postgres => cmd.env("MARTECH_SYNC_DB", &db.url),
+        }
+    }
+}
+
 /// The rows of `hubspot.contacts`: id → (updated_at in ms, archived, merged_into).
 async fn rows(db: &Database) -> BTreeMap<u64, (i64, bool, Option<i64>)> {
     let client = db.client().await;
@@ -177,7 +195,7 @@ async fn a_wrong_password_is_one_line_and_moves_no_cursor() {
 }
 
 /// Every write to `hubspot.contacts`, for counting versions written twice.
-async fn audit_writes(db: &Database) {
+pub(crate) async fn audit_writes(db: &Database) {
     db.client()
         .await
         .batch_execute(
@@ -197,30 +215,42 @@ async fn audit_writes(db: &Database) {
 
 /// An empty `hubspot.contacts` with the audit trigger, and a state that has forgotten
 /// it: one record first, so that the table exists for the trigger, then a cursor reset.
-async fn audited_from_nothing(env: &Env, db: &Database) {
-    poll(env, db, &["--until", "2024-01-01T00:00:01Z"])
+async fn audited_from_nothing(env: &Env, db: &Database, state: StateIn) {
+    state
+        .on(poll(env, db, &["--until", "2024-01-01T00:00:01Z"]), db)
         .run()
         .await
         .success();
     audit_writes(db).await;
-    env.cmd(&["cursor", "reset", "contacts", "--sink", &db.url, "--yes"])
-        .run()
-        .await
-        .success();
+    let reset = env.cmd(&["cursor", "reset", "contacts", "--sink", &db.url, "--yes"]);
+    state.on(reset, db).run().await.success();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_killed_12_times_while_records_change_lands_every_version_once() {
+    killed_12_times(StateIn::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_killed_12_times_with_the_state_in_postgres_too() {
+    killed_12_times(StateIn::Postgres).await;
+}
+
+/// A 20k backfill into Postgres killed at 12 random instants while records change,
+/// then run to the end: every id once at its latest version, no version written twice.
+async fn killed_12_times(state: StateIn) {
     const N: u64 = 20_000;
     let env = Env::contacts(N).await;
     let db = server().database().await;
-    audited_from_nothing(&env, &db).await;
+    audited_from_nothing(&env, &db, state).await;
 
     env.mock.knobs().latency = Duration::from_millis(15);
     let mut changed = Vec::new();
     let mut searches = env.mock.searches();
     for kill in 0..12u64 {
-        let mut child = poll(&env, &db, &["--deletes-every", "0"]).spawn();
+        let mut child = state
+            .on(poll(&env, &db, &["--deletes-every", "0"]), &db)
+            .spawn();
         // A random instant: a few searches in, plus a random part of one.
         searches += 2 + rand::random_range(0..6);
         env.mock.wait_for_searches(searches).await;
@@ -235,14 +265,13 @@ async fn a_backfill_killed_12_times_while_records_change_lands_every_version_onc
     }
     env.mock.knobs().latency = Duration::ZERO;
     // The window the kills left open, then the one after it (the changes made since).
-    poll(&env, &db, &["--deletes-every", "0"])
-        .run()
-        .await
-        .success();
-    poll(&env, &db, &["--deletes-every", "0"])
-        .run()
-        .await
-        .success();
+    for _ in 0..2 {
+        state
+            .on(poll(&env, &db, &["--deletes-every", "0"]), &db)
+            .run()
+            .await
+            .success();
+    }
 
     let rows = rows(&db).await;
     assert_eq!(rows.len() as u64, N, "every id once");
@@ -271,6 +300,9 @@ async fn a_backfill_killed_12_times_while_records_change_lands_every_version_onc
         .await
         .unwrap()
         .get(0);
+    if let StateIn::Postgres = state {
+        assert!(!env.db().exists(), "the state went to a file");
+    }
     let distinct: HashMap<u64, ()> = changed.iter().map(|id| (*id, ())).collect();
     assert!(
         writes as u64 >= N && writes as u64 <= N + changed.len() as u64,
@@ -285,7 +317,7 @@ async fn a_page_postgres_committed_but_the_state_did_not_is_not_written_again() 
     const N: u64 = 3_000;
     let env = Env::contacts(N).await;
     let db = server().database().await;
-    audited_from_nothing(&env, &db).await;
+    audited_from_nothing(&env, &db, StateIn::File).await;
 
     // Pages slow enough to take the state file's write lock between two of them.
     env.mock.knobs().latency = Duration::from_millis(50);

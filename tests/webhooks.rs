@@ -11,10 +11,10 @@ use tokio::process::Child;
 
 use crate::support::{Env, id_counts};
 
-const SECRET: &str = "app-client-secret-5c1e";
+pub(crate) const SECRET: &str = "app-client-secret-5c1e";
 
 /// A running `serve` and where to reach it.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     base: String,
@@ -22,13 +22,22 @@ struct Serve {
 
 impl Serve {
     async fn start(env: &Env, extra: &[&str]) -> Serve {
+        Serve::start_on(env, extra, |cmd| cmd).await
+    }
+
+    /// As [`Serve::start`], with `then` applied to the command.
+    pub(crate) async fn start_on(
+        env: &Env,
+        extra: &[&str],
+        then: impl FnOnce(crate::support::Cmd) -> crate::support::Cmd,
+    ) -> Serve {
         let sink = format!("jsonl:{}", env.path("out.jsonl").display());
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--retry-base", "10ms"];
         if !extra.contains(&"--sink") {
             args.extend(["--sink", &sink]);
         }
         args.extend_from_slice(extra);
-        let mut child = env.cmd(&args).env("HUBSPOT_CLIENT_SECRET", SECRET).spawn();
+        let mut child = then(env.cmd(&args).env("HUBSPOT_CLIENT_SECRET", SECRET)).spawn();
         let stdout = child.stdout.take().expect("stdout is piped");
         let line = tokio::io::BufReader::new(stdout)
             .lines()
@@ -72,12 +81,12 @@ impl Serve {
         (response.status().as_u16(), started.elapsed())
     }
 
-    async fn send(&self, body: &str) -> (u16, Duration) {
+    pub(crate) async fn send(&self, body: &str) -> (u16, Duration) {
         self.post(body, SECRET, &self.hook(), Millis::now().0).await
     }
 
     /// SIGTERM, then checks the exit code and that no secret was printed.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         crate::support::sigterm(&self.child).await;
         let out = tokio::time::timeout(Duration::from_secs(10), self.child.wait_with_output())
             .await
@@ -97,7 +106,7 @@ impl Serve {
     }
 }
 
-fn event(id: u64, kind: &str, occurred: i64, event_id: u64) -> Value {
+pub(crate) fn event(id: u64, kind: &str, occurred: i64, event_id: u64) -> Value {
     json!({
         "eventId": event_id, "subscriptionId": 7, "portalId": 62515, "appId": 1,
         "occurredAt": occurred, "subscriptionType": format!("contact.{kind}"),
@@ -106,7 +115,7 @@ fn event(id: u64, kind: &str, occurred: i64, event_id: u64) -> Value {
 }
 
 /// Waits until `done` holds, checking every 50 ms, for at most `limit`.
-async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while !done() {

@@ -4,28 +4,26 @@
 //! race a running sync.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
 
 use anyhow::{Result, bail};
 
 use super::pick_destination;
 use crate::config::{CursorConfig, CursorOp, UsageError};
 use crate::destination::Destination;
-use crate::lock::ObjectLock;
 use crate::object::ObjectType;
-use crate::state::{self, Pass, Unassigned};
+use crate::state::{self, Location, Pass, Unassigned};
 
 /// Runs a cursor command on the state file `db`.
 ///
 /// # Errors
 /// Lock held, an unreadable state file, an ambiguous destination, or a declined
 /// confirmation.
-pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
+pub async fn run(db: &Location, portal: Option<u64>, config: &CursorConfig) -> Result<()> {
     let object = &config.object;
     let mut out = std::io::stdout().lock();
     if let CursorOp::Show = config.op {
-        let cursor = if db.exists() {
-            let state = state::open_read_only(db)?;
+        let cursor = if db.may_exist() {
+            let (state, _) = super::state_of_portal(db, portal, true, true).await?;
             let destination = pick_destination(&state, object, config.target.as_ref()).await?;
             let syncs = state.syncs(Some(object)).await?;
             syncs
@@ -45,12 +43,19 @@ pub async fn run(db: &Path, config: &CursorConfig) -> Result<()> {
         }
         return Ok(());
     }
-    let state = state::open(db)?;
+    let (state, portal) = super::state_of_portal(db, portal, false, true).await?;
+    if matches!(db, Location::Postgres(_)) && portal.is_none() {
+        return Err(UsageError::new(format!(
+            "{} keeps no syncs yet: give the portal with --portal",
+            state.describe()
+        ))
+        .into());
+    }
     refuse_unknown(&state, object).await?;
     let destination = pick_destination(&state, object, config.target.as_ref())
         .await?
         .unwrap_or_else(|| Destination::named("sqlite", "sqlite"));
-    let _lock = ObjectLock::acquire(db, object, &destination)?;
+    let _lock = crate::lock::lock(db, portal, object, &destination).await?;
     let sync = state.sync(object, &destination, Unassigned::Leave).await?;
     // A refresh half done told the destination it has the new list: closing its window
     // would leave the rest of history without it.

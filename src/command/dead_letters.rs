@@ -1,31 +1,30 @@
 //! `dead-letters list|retry`: webhook events the worker gave up on.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Result;
 
 use crate::config::DeadLettersConfig;
-use crate::state;
+use crate::state::Location;
 
 /// Lists or re-queues dead events in the state file `db`.
 ///
 /// # Errors
 /// When the state file cannot be read or written.
-pub async fn run(db: &Path, config: &DeadLettersConfig) -> Result<()> {
+pub async fn run(db: &Location, portal: Option<u64>, config: &DeadLettersConfig) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    if !db.exists() {
-        writeln!(out, "No state file at {}.", db.display())?;
+    if !db.may_exist() {
+        writeln!(out, "No state file at {db}.")?;
         return Ok(());
     }
     match config {
         DeadLettersConfig::List { json: true } => {
-            let state = state::open_read_only(db)?;
+            let state = super::state_of_portal(db, portal, true, false).await?.0;
             serde_json::to_writer_pretty(&mut out, &state.dead_letters().await?)?;
             writeln!(out)?;
         }
         DeadLettersConfig::List { json: false } => {
-            let state = state::open_read_only(db)?;
+            let state = super::state_of_portal(db, portal, true, false).await?.0;
             let dead = state.dead_letters().await?;
             if dead.is_empty() {
                 writeln!(out, "No dead letters.")?;
@@ -44,7 +43,11 @@ pub async fn run(db: &Path, config: &DeadLettersConfig) -> Result<()> {
             }
         }
         DeadLettersConfig::Retry => {
-            let n = state::open(db)?.retry_dead().await?;
+            let n = super::state_of_portal(db, portal, false, true)
+                .await?
+                .0
+                .retry_dead()
+                .await?;
             writeln!(
                 out,
                 "{n} dead events queued again; a running serve delivers them"

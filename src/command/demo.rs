@@ -44,7 +44,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     let token = "demo-token";
     let mock = MockHubspot::start(store, Some(token.to_owned())).await?;
     let dir = tempfile::tempdir().context("creating a temporary directory for the demo")?;
-    let db = dir.path().join("demo.db");
+    let db = crate::state::Location::File(dir.path().join("demo.db"));
 
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -57,11 +57,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
             "contacts"
         )
     )?;
-    writeln!(
-        out,
-        "State file: {} (removed when the demo ends)\n",
-        db.display()
-    )?;
+    writeln!(out, "State file: {} (removed when the demo ends)\n", &db)?;
 
     let mut client = config.client.clone();
     client.base_url = mock.base_url();
@@ -179,7 +175,7 @@ pub async fn run(config: &DemoConfig) -> Result<()> {
     .await?;
     writeln!(out)?;
 
-    let state = crate::state::open(&db)?;
+    let state = crate::state::open(&db).await?;
     let status = state.status().await?;
     if let Some(s) = status.first() {
         writeln!(

@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +23,10 @@ use super::resolve_sink;
 use crate::config::ServeConfig;
 use crate::hubspot::Client;
 use crate::hubspot::error::{is_auth_failure, is_daily_limit};
-use crate::lock::{ObjectLock, ServeLock};
 use crate::progress::ProgressMode;
 use crate::report::Outcome;
 use crate::shutdown::Shutdown;
-use crate::state::Sqlite;
+use crate::state::{Location, Sqlite, State};
 use crate::sync::{Engine, PollJob};
 use crate::timestamp::Millis;
 use crate::webhook::health::{Health, Reconciliation};
@@ -63,20 +61,24 @@ const FD_RESERVE: u64 = 64;
 /// # Errors
 /// Another `serve` on the state file, a lock held, the address taken, the state
 /// unusable, or a refused token.
-pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
+pub async fn run(db: &Location, config: &ServeConfig) -> Result<()> {
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
-    let _serve = ServeLock::acquire(db)?;
-    let polled = config
-        .polls
-        .iter()
-        .map(|job| {
-            Ok((
-                job.object.clone(),
-                ObjectLock::acquire(db, &job.object, &job.destination)?,
-            ))
-        })
-        .collect::<Result<HashMap<_, _>>>()?;
-    let (sink, destination) = resolve_sink(db, &config.destination, config.sink.as_ref()).await?;
+    let _serve = crate::lock::serve_lock(db)?;
+    let client = Client::new(&config.client)?;
+    // A Postgres state keeps many portals' queues: this serve's worker takes its
+    // token's portal's events (its receiver queues every portal's).
+    let portal = match db {
+        Location::File(_) => None,
+        Location::Postgres(_) => crate::sync::open_state(db, &client).await?.1,
+    };
+    let mut polled = HashMap::new();
+    for job in &config.polls {
+        let lock = crate::lock::lock(db, portal, &job.object, &job.destination).await?;
+        polled.insert(job.object.clone(), lock);
+    }
+    let engine_state = short_waits(db, portal).await?;
+    let (sink, destination) =
+        resolve_sink(&engine_state, &config.destination, config.sink.as_ref()).await?;
     let polls: Vec<PollJob> = config
         .polls
         .iter()
@@ -85,13 +87,7 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
             ..job.clone()
         })
         .collect();
-    let locks = Locks::new(db, &destination, polled);
-    // A short busy timeout: a stop must not wait behind another process's lock (the
-    // write is retried, see `record_after_delivery`).
-    let engine_state = Sqlite::open(db)?;
-    engine_state.set_busy_timeout(Duration::from_secs(2))?;
-    let engine_state: crate::state::State = Arc::new(engine_state);
-    let client = Client::new(&config.client)?;
+    let locks = Locks::new(db, portal, &destination, polled);
     let sink = crate::sync::open_sink(
         &sink,
         &destination,
@@ -109,21 +105,18 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     let hook = format!("http://{addr}/webhooks/hubspot");
     let public_url = config.public_url.clone().unwrap_or_else(|| hook.clone());
 
-    let receiver_state = Sqlite::open(db)?;
-    // Better a quick 503 (HubSpot retries) than an answer after its 5-second timeout.
-    receiver_state.set_busy_timeout(Duration::from_secs(2))?;
+    let receiver_state = short_waits(db, portal).await?;
     let health = Arc::new(Health::new(config.health_stall));
-    let health_state = Sqlite::open(db)?;
-    health_state.set_busy_timeout(Duration::from_secs(2))?;
+    let health_state = short_waits(db, portal).await?;
     {
         let health = Arc::clone(&health);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { health.watch(Arc::new(health_state), shutdown).await });
+        tokio::spawn(async move { health.watch(health_state, shutdown).await });
     }
     let queued = Arc::new(Notify::new());
     let log = Arc::new(LimitLog::default());
     let receiver = Arc::new(Receiver {
-        state: Arc::new(receiver_state),
+        state: receiver_state,
         secret: config.secret.expose().as_bytes().to_vec(),
         public_url: public_url.clone(),
         accept: config.accept,
@@ -207,6 +200,21 @@ pub async fn run(db: &Path, config: &ServeConfig) -> Result<()> {
     outcome?;
     tracing::info!("stopped; queued events wait in the state file");
     Ok(())
+}
+
+/// A handle on the state of its own (each part of serve writes at once), narrowed to
+/// `portal`: for a state file with a 2-second busy timeout, so that a stop never waits
+/// behind another process's lock and the receiver answers a quick 503 (HubSpot
+/// retries) rather than after HubSpot's 5-second timeout.
+async fn short_waits(db: &Location, portal: Option<u64>) -> Result<State> {
+    Ok(match db {
+        Location::File(path) => {
+            let state = Sqlite::open(path)?;
+            state.set_busy_timeout(Duration::from_secs(2))?;
+            Arc::new(state)
+        }
+        Location::Postgres(_) => crate::state::for_portal(crate::state::open(db).await?, portal),
+    })
 }
 
 /// Runs the reconciliation windows in `windows`, in turn, for at most

@@ -2,7 +2,6 @@
 //! Reads the state file and never creates one.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 
 use anyhow::{Result, bail};
 use serde_json::json;
@@ -10,7 +9,7 @@ use serde_json::json;
 use crate::config::StatusConfig;
 use crate::progress::plural;
 use crate::report::Outcome;
-use crate::state::{self, OpenWindowStatus, QueueDepth, SyncStatus};
+use crate::state::{Location, OpenWindowStatus, QueueDepth, SyncStatus};
 use crate::timestamp::Millis;
 
 /// A cursor further ahead of the clock than this is a clock that jumped: stale.
@@ -20,11 +19,11 @@ const FUTURE_SLACK_MS: i64 = 60_000;
 ///
 /// # Errors
 /// When the state file cannot be read or stdout written.
-pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
+pub async fn run(db: &Location, portal: Option<u64>, config: &StatusConfig) -> Result<()> {
     let now = Millis::now();
     let today = now.to_rfc3339()[..10].to_owned();
-    let (objects, webhooks, requests): (Vec<SyncStatus>, QueueDepth, u64) = if db.exists() {
-        let state = state::open_read_only(db)?;
+    let (objects, webhooks, requests): (Vec<SyncStatus>, QueueDepth, u64) = if db.may_exist() {
+        let state = super::state_of_portal(db, portal, true, false).await?.0;
         let objects = state
             .status()
             .await?
@@ -77,7 +76,7 @@ pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
             .collect();
         let wanted = config.object.as_ref().map_or("any object", |o| o.as_str());
         if objects.is_empty() {
-            bail!("stale: no cursor for {wanted} in {}", db.display());
+            bail!("stale: no cursor for {wanted} in {db}");
         }
         if !never.is_empty() || !old.is_empty() || !future.is_empty() {
             let mut parts = old;
@@ -94,7 +93,7 @@ pub async fn run(db: &Path, config: &StatusConfig) -> Result<()> {
 }
 
 fn print(
-    db: &Path,
+    db: &Location,
     config: &StatusConfig,
     objects: &[SyncStatus],
     (webhooks, requests): (QueueDepth, u64),
@@ -103,7 +102,7 @@ fn print(
     let mut out = std::io::stdout().lock();
     if config.json {
         let doc = json!({
-            "stateFile": db.display().to_string(),
+            "stateFile": db.to_string(),
             "objects": objects,
             "webhooks": webhooks,
             "requestsToday": requests,
@@ -114,11 +113,11 @@ fn print(
     }
     match (&config.object, objects.is_empty()) {
         (Some(object), true) => {
-            writeln!(out, "{object} has never been synced in {}.", db.display())?;
+            writeln!(out, "{object} has never been synced in {db}.")?;
             return Ok(());
         }
         (None, true) => {
-            writeln!(out, "No syncs yet in {}.", db.display())?;
+            writeln!(out, "No syncs yet in {db}.")?;
             return Ok(());
         }
         (Some(_), false) => {
@@ -129,7 +128,27 @@ fn print(
                 detail(&mut out, s, now)?;
             }
         }
-        (None, false) => table(&mut out, objects, now, std::io::stdout().is_terminal())?,
+        (None, false) => {
+            // A Postgres state keeps many portals: one table each.
+            let fit = std::io::stdout().is_terminal();
+            let mut portals: Vec<Option<u64>> = objects.iter().map(|o| o.portal).collect();
+            portals.dedup();
+            if let [None] = portals.as_slice() {
+                table(&mut out, objects, now, fit)?;
+            }
+            for (i, portal) in portals.iter().enumerate().filter(|(_, p)| p.is_some()) {
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                writeln!(out, "Portal {}", portal.unwrap_or_default())?;
+                let group: Vec<SyncStatus> = objects
+                    .iter()
+                    .filter(|o| o.portal == *portal)
+                    .cloned()
+                    .collect();
+                table(&mut out, &group, now, fit)?;
+            }
+        }
     }
     if requests > 0 {
         writeln!(out, "\nHubSpot requests today (UTC): {requests}")?;
@@ -196,6 +215,9 @@ fn detail(out: &mut impl Write, s: &SyncStatus, now: Millis) -> Result<()> {
         )
     };
     writeln!(out, "{} -> {}", s.object, s.destination)?;
+    if let Some(portal) = s.portal {
+        writeln!(out, "  portal          {portal}")?;
+    }
     if s.sink != s.destination && !s.sink.is_empty() {
         writeln!(out, "  sink            {}", s.sink)?;
     }

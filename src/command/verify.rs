@@ -5,7 +5,6 @@
 //! before they count, so a record created while the list was read is not one.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
@@ -17,12 +16,11 @@ use crate::hubspot::Client;
 use crate::hubspot::hydrate::Unaccounted;
 use crate::hubspot::list::Listing;
 use crate::ledger;
-use crate::lock::ObjectLock;
 use crate::progress::ProgressMode;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
 use crate::state::Unassigned;
-use crate::state::{self, Sync};
+use crate::state::{Location, Sync};
 use crate::sync::{Engine, Loose};
 use crate::timestamp::Millis;
 use crate::verify::{Comparison, Drift, DriftSummary};
@@ -72,10 +70,11 @@ struct Repaired {
 ///
 /// # Errors
 /// [`DriftFound`] (exit 3), a destination never synced (exit 2), or the check failing.
-pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
+pub async fn run(db: &Location, config: &VerifyConfig) -> Result<()> {
     let started = std::time::Instant::now();
     let object = &config.object;
-    let state = state::open(db)?;
+    let client = Client::new(&config.client)?;
+    let (state, portal) = crate::sync::open_state(db, &client).await?;
     let Some(destination) = pick_destination(&state, object, config.target.as_ref()).await? else {
         return Err(UsageError::new(format!(
             "{object} has never been synced in {}: nothing to verify",
@@ -84,13 +83,12 @@ pub async fn run(db: &Path, config: &VerifyConfig) -> Result<()> {
         .into());
     };
     let _lock = if config.repair {
-        Some(ObjectLock::acquire(db, object, &destination)?)
+        Some(crate::lock::lock(db, portal, object, &destination).await?)
     } else {
         None
     };
     let mut sync = state.sync(object, &destination, Unassigned::Leave).await?;
     let destination = &sync.destination;
-    let client = Client::new(&config.client)?;
     sync.object = crate::sync::resolve(&client, &state, object).await?;
 
     let spec = match &config.sink {

@@ -15,14 +15,16 @@
 //!   the window is not done, and in the explicit `cursor set|reset` commands;
 //! - the ledger never goes back to an older version.
 //!
-//! The SQLite backend (`sqlite/`) keeps all of it in one WAL file.
+//! The SQLite backend (`sqlite/`) keeps all of it in one WAL file; the Postgres backend
+//! (`postgres/`) in a schema of the user's database, keyed by HubSpot portal as well.
 
+mod location;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -37,31 +39,82 @@ use crate::timestamp::Millis;
 use crate::webhook::event::Event;
 use crate::window::{OpenWindow, Slice};
 
+pub use location::Location;
+pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
 /// A shared handle on the state.
 pub type State = Arc<dyn Storage>;
 
-/// Opens (creating and migrating if needed) the SQLite state file `path`.
+/// Opens (creating and migrating if needed) the state at `db`. A Postgres state sees
+/// every portal until narrowed with [`Storage::for_portal`].
 ///
 /// # Errors
-/// When it cannot be opened, is not a state file, or has a newer schema.
-pub fn open(path: &Path) -> Result<State> {
-    Ok(Arc::new(Sqlite::open(path)?))
+/// When it cannot be opened, is not a state, or has a newer schema.
+pub async fn open(db: &Location) -> Result<State> {
+    Ok(match db {
+        Location::File(path) => Arc::new(Sqlite::open(path)?),
+        Location::Postgres(url) => Arc::new(Postgres::open(url).await?),
+    })
 }
 
-/// Opens an existing state file to read it (`status`, `cursor show`, `dead-letters
-/// list`): as [`open`] when it can be written (so an older schema is migrated), else
-/// read-only, so that these commands work on a file the user may only read.
+/// Opens an existing state to read it (`status`, `cursor show`, `dead-letters list`):
+/// as [`open`] when it can be written (so an older schema is migrated), else read-only,
+/// so that these commands work on a file the user may only read.
 ///
 /// # Errors
-/// When it cannot be opened even read-only, is not a state file, or has a newer
-/// schema.
-pub fn open_read_only(path: &Path) -> Result<State> {
-    match Sqlite::open(path) {
-        Ok(state) => Ok(Arc::new(state)),
-        Err(e) if sqlite::is_read_only(&e) => Ok(Arc::new(Sqlite::open_read_only(path)?)),
-        Err(e) => Err(e),
+/// When it cannot be opened even read-only, is not a state, or has a newer schema.
+pub async fn open_read_only(db: &Location) -> Result<State> {
+    match db {
+        Location::File(path) => match Sqlite::open(path) {
+            Ok(state) => Ok(Arc::new(state)),
+            Err(e) if sqlite::is_read_only(&e) => Ok(Arc::new(Sqlite::open_read_only(path)?)),
+            Err(e) => Err(e),
+        },
+        Location::Postgres(url) => Ok(Arc::new(Postgres::open_read_only(url).await?)),
+    }
+}
+
+/// `state` narrowed to `portal` when it keeps many portals; else `state` itself.
+pub fn for_portal(state: State, portal: Option<u64>) -> State {
+    match portal.and_then(|p| state.for_portal(p)) {
+        Some(narrowed) => narrowed,
+        None => state,
+    }
+}
+
+/// What `status` shows for `sync`: `open` is its open window (of the first pass that
+/// has one) with the pages checkpointed in it.
+pub(crate) fn sync_status(
+    sync: &Sync,
+    portal: Option<u64>,
+    open: Option<(Pass, OpenWindow, u64)>,
+    last_run: Option<RunReport>,
+) -> SyncStatus {
+    SyncStatus {
+        portal,
+        object: sync.object.to_string(),
+        destination: sync.destination.key().to_owned(),
+        sink: sync.destination.sink().to_owned(),
+        cursor: sync.cursor.map(Millis::to_rfc3339),
+        cursor_ms: sync.cursor.map(|c| c.0),
+        recheck_cursor: sync.recheck.map(Millis::to_rfc3339),
+        recheck_cursor_ms: sync.recheck.map(|c| c.0),
+        deletes_checked_at: sync.swept.map(Millis::to_rfc3339),
+        open_window: open.map(|(pass, open, pages)| OpenWindowStatus {
+            pass: pass.as_str(),
+            window: open.window.into(),
+            last_id: match open.slices.as_slice() {
+                [one] => one.last_id.map(|i| i.0.to_string()),
+                _ => None,
+            },
+            pages,
+            seen: open.seen,
+            total: open.total,
+            refresh: open.refresh,
+            slices: open.slices.iter().map(SliceStatus::from).collect(),
+        }),
+        last_run,
     }
 }
 
@@ -162,6 +215,9 @@ pub struct RunId(pub i64);
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncStatus {
+    /// The HubSpot portal, in a state that keeps many (Postgres).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portal: Option<u64>,
     pub object: String,
     pub destination: String,
     pub sink: String,
@@ -245,6 +301,20 @@ pub struct QueueDepth {
 pub trait Storage: Send + std::marker::Sync {
     /// What this state is, for messages: `state file /srv/state.db`.
     fn describe(&self) -> String;
+
+    /// This state narrowed to `portal`, when it keeps many portals (Postgres); `None`
+    /// when it is one portal's already (a SQLite file).
+    fn for_portal(&self, _portal: u64) -> Option<State> {
+        None
+    }
+
+    /// The portals the state keeps syncs of, when it keeps many.
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn portals(&self) -> Result<Vec<u64>> {
+        Ok(Vec::new())
+    }
 
     // --- syncs ---------------------------------------------------------------------
 
@@ -458,6 +528,15 @@ pub trait Storage: Send + std::marker::Sync {
     /// # Errors
     /// On storage errors.
     async fn due_events(&self, now: Millis, limit: usize, skip: &[String]) -> Result<Vec<Queued>>;
+
+    /// Ends the claim [`Storage::due_events`] took on `keys` without counting an attempt
+    /// (their object's lock was held), where events are claimed (Postgres).
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn release_events(&self, _keys: &[String]) -> Result<()> {
+        Ok(())
+    }
 
     /// The events given up on.
     ///

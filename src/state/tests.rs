@@ -9,11 +9,34 @@ use super::*;
 use crate::report::Outcome;
 use crate::window::Window;
 
-/// A fresh state of each backend, with what keeps it alive.
-fn backends() -> Vec<(tempfile::TempDir, State)> {
+#[path = "../../tests/support/postgres.rs"]
+mod cluster;
+
+/// The portal the Postgres state's handles are narrowed to.
+const PORTAL: u64 = 62515;
+
+/// A fresh state of each backend (a SQLite file, and a Postgres database of the
+/// throwaway cluster the tests start), with what keeps it alive.
+async fn backends() -> Vec<(tempfile::TempDir, State)> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = open(&dir.path().join("s.db")).unwrap();
-    vec![(dir, sqlite)]
+    let sqlite = open(&Location::File(dir.path().join("s.db")))
+        .await
+        .unwrap();
+    vec![
+        (dir, sqlite),
+        (tempfile::tempdir().unwrap(), postgres().await),
+    ]
+}
+
+/// A Postgres state in a database of its own, narrowed to [`PORTAL`].
+async fn postgres() -> State {
+    let state = open(&pg_location().await).await.unwrap();
+    for_portal(state, Some(PORTAL))
+}
+
+async fn pg_location() -> Location {
+    let db = cluster::server().database().await;
+    Location::Postgres(Box::new(db.url.parse().unwrap()))
 }
 
 fn record(id: u64, modified: i64) -> Record {
@@ -54,7 +77,7 @@ async fn started(state: &State) -> (Sync, RunId, RunReport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_keeps_the_newest_version_and_tombstones_win_ties() {
-    for (_dir, state) in backends() {
+    for (_dir, state) in backends().await {
         let (sync, _, _) = started(&state).await;
         let first = [record(1, 10), record(2, 10)];
         let refs: Vec<&Record> = first.iter().collect();
@@ -102,7 +125,7 @@ async fn the_ledger_keeps_the_newest_version_and_tombstones_win_ties() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_with_an_unfinished_slice_does_not_commit() {
-    for (_dir, state) in backends() {
+    for (_dir, state) in backends().await {
         let (sync, run, mut report) = started(&state).await;
         report.finish(Outcome::Committed, None);
         let err = state
@@ -142,7 +165,7 @@ async fn a_window_with_an_unfinished_slice_does_not_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destinations_have_their_own_cursors_windows_and_ledgers() {
-    for (_dir, state) in backends() {
+    for (_dir, state) in backends().await {
         let (sqlite, run, mut report) = started(&state).await;
         let jsonl = Destination::named("jsonl:/tmp/out.jsonl", "jsonl:/tmp/out.jsonl");
         let other = state
@@ -235,7 +258,7 @@ async fn destinations_have_their_own_cursors_windows_and_ledgers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_and_sweeps_are_remembered_per_destination() {
-    for (_dir, state) in backends() {
+    for (_dir, state) in backends().await {
         let sync = state
             .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
             .await
@@ -251,4 +274,131 @@ async fn properties_and_sweeps_are_remembered_per_destination() {
         assert_eq!(again.properties, Some(set));
         assert_eq!(again.swept, Some(Millis(77)));
     }
+}
+
+fn event(id: u64, occurred: i64, portal: u64) -> Event {
+    let body = format!(
+        r#"[{{"eventId":{id},"subscriptionId":1,"portalId":{portal},"occurredAt":{occurred},"subscriptionType":"contact.propertyChange","objectId":{id},"propertyName":"email"}}]"#
+    );
+    crate::webhook::event::parse_batch(body.as_bytes())
+        .unwrap()
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_ignores_redeliveries_retries_and_gives_up() {
+    for (_dir, state) in backends().await {
+        let events = [event(1, 10, PORTAL), event(2, 5, PORTAL)];
+        assert_eq!(state.enqueue(&events, Millis(100)).await.unwrap(), 2);
+        assert_eq!(state.enqueue(&events, Millis(101)).await.unwrap(), 0);
+        let due = state.due_events(Millis(200), 10, &[]).await.unwrap();
+        let ids: Vec<u64> = due.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [2, 1], "oldest occurredAt first");
+        // Event 2 fails for good after two attempts; event 1 is delivered.
+        let two = [due[0].key.clone()];
+        state
+            .events_failed(&two, "boom", Millis(0), 2)
+            .await
+            .unwrap();
+        state.release_events(&two).await.unwrap();
+        state
+            .events_failed(&two, "boom", Millis(0), 2)
+            .await
+            .unwrap();
+        let (sync, _, _) = started(&state).await;
+        let delivered = record(1, 10);
+        state
+            .commit_events(
+                sync.id,
+                &[&delivered],
+                RecordsTable::Skip,
+                &[due[1].key.clone()],
+            )
+            .await
+            .unwrap();
+        assert!(
+            state
+                .due_events(Millis(300), 10, &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let dead = state.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].id, dead[0].attempts), (2, 2));
+        assert_eq!(dead[0].last_error.as_deref(), Some("boom"));
+        assert_eq!(state.retry_dead().await.unwrap(), 1);
+        let depth = state.queue_depth().await.unwrap();
+        assert_eq!((depth.queued, depth.dead), (1, 0));
+        assert_eq!(state.held(sync.id, &[RecordId(1)]).await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_event_goes_to_one_worker_until_released() {
+    let db = pg_location().await;
+    let one = for_portal(open(&db).await.unwrap(), Some(PORTAL));
+    let two = for_portal(open(&db).await.unwrap(), Some(PORTAL));
+    let other = for_portal(open(&db).await.unwrap(), Some(PORTAL + 1));
+    let events: Vec<Event> = (1..=10)
+        .map(|i| event(i, i64::try_from(i).unwrap(), PORTAL))
+        .collect();
+    one.enqueue(&events, Millis(1)).await.unwrap();
+    let first = one.due_events(Millis(100), 6, &[]).await.unwrap();
+    let second = two.due_events(Millis(100), 6, &[]).await.unwrap();
+    assert_eq!((first.len(), second.len()), (6, 4));
+    assert!(first.iter().all(|a| second.iter().all(|b| a.key != b.key)));
+    assert!(
+        other
+            .due_events(Millis(100), 10, &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "another portal's worker takes none"
+    );
+    let keys: Vec<String> = first.iter().map(|e| e.key.clone()).collect();
+    one.release_events(&keys).await.unwrap();
+    assert_eq!(two.due_events(Millis(100), 10, &[]).await.unwrap().len(), 6);
+    // A claim whose worker died runs out.
+    assert_eq!(
+        one.due_events(Millis(100 + 61_000), 10, &[])
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_in_one_postgres_state_keep_their_own_syncs() {
+    let db = pg_location().await;
+    let whole = open(&db).await.unwrap();
+    let a = for_portal(Arc::clone(&whole), Some(1));
+    let b = for_portal(Arc::clone(&whole), Some(2));
+    let sa = a
+        .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+        .await
+        .unwrap();
+    let sb = b
+        .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+        .await
+        .unwrap();
+    assert_ne!(sa.id, sb.id);
+    a.set_cursor(sa.id, Millis(5)).await.unwrap();
+    assert_eq!(b.syncs(None).await.unwrap()[0].cursor, None);
+    assert_eq!(a.syncs(None).await.unwrap()[0].cursor, Some(Millis(5)));
+    a.add_requests("2026-12-06", 3).await.unwrap();
+    assert_eq!(b.requests_on("2026-12-06").await.unwrap(), 0);
+    assert_eq!(whole.portals().await.unwrap(), [1, 2]);
+    let status = whole.status().await.unwrap();
+    let portals: Vec<Option<u64>> = status.iter().map(|s| s.portal).collect();
+    assert_eq!(portals, [Some(1), Some(2)]);
+    assert!(
+        whole
+            .sync(&contacts(), &sqlite_sink(), Unassigned::Claim)
+            .await
+            .unwrap_err()
+            .is::<postgres::NoPortal>(),
+        "an unnarrowed handle writes no portal's sync"
+    );
 }

@@ -51,6 +51,9 @@ pub struct Event {
     pub occurred: Millis,
     /// For [`EventKind::Merged`]: the record it went into.
     pub merged_into: Option<RecordId>,
+    /// The HubSpot portal it happened in (`portalId`): a Postgres state queues the
+    /// events of many portals, and each portal's worker takes its own.
+    pub portal: Option<u64>,
 }
 
 /// The body is not a JSON array of event objects.
@@ -182,6 +185,7 @@ fn event(v: &Value) -> Option<Event> {
         kind,
         occurred: Millis(occurred),
         merged_into: None,
+        portal: v.get("portalId").and_then(number),
     })
 }
 

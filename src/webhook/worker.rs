@@ -12,7 +12,6 @@
 //! letters, and the rest go through.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -26,7 +25,7 @@ use crate::lock::{LockHeld, ObjectLock};
 use crate::object::ObjectType;
 use crate::record::{Record, RecordId};
 use crate::shutdown::Shutdown;
-use crate::state::Unassigned;
+use crate::state::{Location, Unassigned};
 use crate::state::{Queued, Sync};
 use crate::sync::{Engine, Loose};
 use crate::timestamp::Millis;
@@ -70,7 +69,8 @@ pub struct Pass {
 /// whole run; the others are taken for each batch and skipped (the events wait) while
 /// a poll holds them.
 pub struct Locks {
-    db: PathBuf,
+    db: Location,
+    portal: Option<u64>,
     destination: Destination,
     held: HashMap<ObjectType, ObjectLock>,
 }
@@ -78,23 +78,25 @@ pub struct Locks {
 impl Locks {
     /// Locks for `destination` in the state file `db`, with the ones already `held`.
     pub fn new(
-        db: &Path,
+        db: &Location,
+        portal: Option<u64>,
         destination: &Destination,
         held: HashMap<ObjectType, ObjectLock>,
     ) -> Locks {
         Locks {
-            db: db.to_owned(),
+            db: db.clone(),
+            portal,
             destination: destination.clone(),
             held,
         }
     }
 
     /// Whether `object` may be delivered now, with the lock to keep while it is.
-    fn take(&self, object: &ObjectType) -> Result<Option<Option<ObjectLock>>> {
+    async fn take(&self, object: &ObjectType) -> Result<Option<Option<ObjectLock>>> {
         if self.held.contains_key(object) {
             return Ok(Some(None));
         }
-        match ObjectLock::acquire(&self.db, object, &self.destination) {
+        match crate::lock::lock(&self.db, self.portal, object, &self.destination).await {
             Ok(lock) => Ok(Some(Some(lock))),
             Err(e) if e.is::<LockHeld>() => {
                 tracing::debug!(%object, "a poll holds the lock; its webhook events wait");
@@ -132,6 +134,26 @@ pub async fn drain_once(
         events: due.len(),
         ..Pass::default()
     };
+    // Where events are claimed (Postgres), what this pass did not settle (its lock was
+    // held, a stop came) goes back to the queue now rather than when the claim runs out.
+    let keys: Vec<String> = due.iter().map(|e| e.key.clone()).collect();
+    let delivered = deliver_due(engine, locks, retry, shutdown, waiting, due, &mut pass).await;
+    let released = engine.state.release_events(&keys).await;
+    delivered?;
+    released?;
+    Ok(pass)
+}
+
+/// [`drain_once`] on the events it took.
+async fn deliver_due(
+    engine: &mut Engine,
+    locks: &Locks,
+    retry: Retry,
+    shutdown: &Shutdown,
+    waiting: &mut Vec<String>,
+    due: Vec<Queued>,
+    pass: &mut Pass,
+) -> Result<()> {
     let mut by_object: BTreeMap<String, Vec<Queued>> = BTreeMap::new();
     for event in due {
         by_object
@@ -148,7 +170,7 @@ pub async fn drain_once(
                 .await?;
             continue;
         };
-        let Some(_lock) = locks.take(&object)? else {
+        let Some(_lock) = locks.take(&object).await? else {
             pass.waiting += events.len();
             waiting.push(name);
             continue;
@@ -185,7 +207,7 @@ pub async fn drain_once(
             }
         }
     }
-    Ok(pass)
+    Ok(())
 }
 
 /// One object's due events as batches, by how often they failed: a first attempt and

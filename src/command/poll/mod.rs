@@ -4,16 +4,17 @@
 //! object its own lock, engine, window and commit.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use super::resolve_sink;
 use crate::config::PollConfig;
+use crate::hubspot::Client;
 use crate::lock::ObjectLock;
 use crate::progress::{ProgressMode, summary_line};
 use crate::report::{Outcome, RunReport};
 use crate::shutdown::Shutdown;
+use crate::state::Location;
 use crate::sync::{Engine, Finished, PollJob};
 use crate::timestamp::Millis;
 use crate::watch;
@@ -29,7 +30,7 @@ pub struct Interrupted;
 ///
 /// # Errors
 /// Lock held, state file unusable, or the run's own failure (cursor unchanged).
-pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
+pub async fn run(db: &Location, config: &PollConfig) -> Result<()> {
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
     if !config.objects.is_empty() {
         return several::run(db, config, &shutdown).await;
@@ -53,7 +54,7 @@ pub async fn run(db: &Path, config: &PollConfig) -> Result<()> {
 ///
 /// # Errors
 /// When the run could not start: lock held, state file or client unusable.
-pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
+pub async fn execute(db: &Location, config: &PollConfig) -> Result<Finished> {
     let shutdown = Shutdown::default();
     let (_lock, mut engine, job) = open(db, config, &shutdown).await?;
     engine.poll(&job, Millis::now(), &shutdown).await
@@ -64,25 +65,29 @@ pub async fn execute(db: &Path, config: &PollConfig) -> Result<Finished> {
 /// # Errors
 /// Lock held, state file, client or sink unusable.
 async fn open(
-    db: &Path,
+    db: &Location,
     config: &PollConfig,
     shutdown: &Shutdown,
 ) -> Result<(ObjectLock, Engine, PollJob)> {
-    let lock = ObjectLock::acquire(db, &config.job.object, &config.job.destination)?;
+    let client = Client::new(&config.client)?;
+    let (state, portal) = crate::sync::open_state(db, &client).await?;
+    let lock = crate::lock::lock(db, portal, &config.job.object, &config.job.destination).await?;
     let (sink, destination) =
-        resolve_sink(db, &config.job.destination, config.sink.as_ref()).await?;
+        resolve_sink(&state, &config.job.destination, config.sink.as_ref()).await?;
     let job = PollJob {
         destination,
         ..config.job.clone()
     };
-    let engine = Engine::open(
-        db,
-        &config.client,
-        (&sink, &job.destination, &config.handlers),
+    let sink = crate::sync::open_sink(
+        &sink,
+        &job.destination,
+        &config.handlers,
         shutdown,
-        config.progress,
+        &client,
+        &state,
     )
     .await?;
+    let engine = Engine::new(state, client, sink, config.progress);
     Ok((lock, engine, job))
 }
 

@@ -10,7 +10,6 @@
 //! entry per object.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -26,6 +25,7 @@ use crate::object::ObjectType;
 use crate::progress::{ProgressMode, summary_line};
 use crate::report::Outcome;
 use crate::shutdown::Shutdown;
+use crate::state::Location;
 use crate::sync::{Engine, PollJob};
 use crate::timestamp::Millis;
 use crate::watch;
@@ -62,11 +62,11 @@ struct Ready {
 /// # Errors
 /// [`SomeFailed`] (exit 1), a held lock (exit 75), or a state file or sink that cannot
 /// be opened.
-pub async fn run(db: &Path, config: &PollConfig, shutdown: &Shutdown) -> Result<()> {
+pub async fn run(db: &Location, config: &PollConfig, shutdown: &Shutdown) -> Result<()> {
     let client = Client::new(&config.client)?;
     // A name that is no object of the portal is a typo: refused before anything runs.
+    let (state, portal) = crate::sync::open_state(db, &client).await?;
     {
-        let state = crate::state::open(db)?;
         for object in &config.objects {
             if let Err(e) = crate::sync::resolve(&client, &state, object).await
                 && e.is::<crate::config::UsageError>()
@@ -81,7 +81,7 @@ pub async fn run(db: &Path, config: &PollConfig, shutdown: &Shutdown) -> Result<
     // checked for a cut last line before any of them writes.
     for object in &config.objects {
         let job = config.job_for(object);
-        let lock = match ObjectLock::acquire(db, object, &job.destination) {
+        let lock = match crate::lock::lock(db, portal, object, &job.destination).await {
             Ok(lock) => lock,
             Err(e) if e.is::<LockHeld>() => {
                 ended.push((object.clone(), Some(Ended::Locked(e))));
@@ -89,8 +89,10 @@ pub async fn run(db: &Path, config: &PollConfig, shutdown: &Shutdown) -> Result<
             }
             Err(e) => return Err(e),
         };
-        let (sink, destination) = resolve_sink(db, &job.destination, config.sink.as_ref()).await?;
-        let state = crate::state::open(db)?;
+        let (sink, destination) =
+            resolve_sink(&state, &job.destination, config.sink.as_ref()).await?;
+        // Each object its own connection (or file handle): their runs go on at once.
+        let state = crate::state::for_portal(crate::state::open(db).await?, portal);
         let client = client.with_own_counters();
         let sink = crate::sync::open_sink(
             &sink,

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::{syncs, windows};
 use crate::report::{Outcome, RunReport};
-use crate::state::{OpenWindowStatus, Pass, SliceStatus, SyncStatus};
+use crate::state::{Pass, SyncStatus};
 use crate::timestamp::Millis;
 use crate::window::Window;
 
@@ -13,38 +13,16 @@ pub fn all(conn: &Connection) -> Result<Vec<SyncStatus>> {
     syncs::all(conn, None)?
         .into_iter()
         .map(|sync| {
-            let mut open_window = None;
+            let mut open = None;
             for pass in [Pass::Main, Pass::Side, Pass::Recheck] {
-                if let Some(open) = windows::open_window(conn, sync.id, pass)? {
+                if let Some(window) = windows::open_window(conn, sync.id, pass)? {
                     let pages = windows::pages(conn, sync.id, pass)?.unwrap_or(0);
-                    open_window = Some(OpenWindowStatus {
-                        pass: pass.as_str(),
-                        window: open.window.into(),
-                        last_id: match open.slices.as_slice() {
-                            [one] => one.last_id.map(|i| i.0.to_string()),
-                            _ => None,
-                        },
-                        pages,
-                        seen: open.seen,
-                        total: open.total,
-                        refresh: open.refresh,
-                        slices: open.slices.iter().map(SliceStatus::from).collect(),
-                    });
+                    open = Some((pass, window, pages));
                     break;
                 }
             }
-            Ok(SyncStatus {
-                object: sync.object.to_string(),
-                destination: sync.destination.key().to_owned(),
-                sink: sync.destination.sink().to_owned(),
-                cursor: sync.cursor.map(Millis::to_rfc3339),
-                cursor_ms: sync.cursor.map(|c| c.0),
-                recheck_cursor: sync.recheck.map(Millis::to_rfc3339),
-                recheck_cursor_ms: sync.recheck.map(|c| c.0),
-                deletes_checked_at: sync.swept.map(Millis::to_rfc3339),
-                open_window,
-                last_run: last_run(conn, sync.id.0, sync.destination.key())?,
-            })
+            let last_run = last_run(conn, sync.id.0, sync.destination.key())?;
+            Ok(crate::state::sync_status(&sync, None, open, last_run))
         })
         .collect()
 }

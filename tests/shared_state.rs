@@ -1,0 +1,264 @@
+//! `--db postgres://`: the state in a real Postgres, shared by processes that have no
+//! disk in common: two "machines" (separate working directories) exclude each other on
+//! one sync, two portals keep their own cursors in one database, and three `serve`
+//! processes drain one queue, each change delivered once.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::postgres::{Database, server};
+use crate::support::{Env, TOKEN};
+use crate::webhooks::{Serve, event};
+
+/// `cmd` with its state in `db`, run from a directory of its own.
+fn on(cmd: crate::support::Cmd, db: &Database, dir: &std::path::Path) -> crate::support::Cmd {
+    cmd.env("MARTECH_SYNC_DB", &db.url).current_dir(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_machines_exclude_each_other_and_a_killed_holders_lock_frees_itself() {
+    let env = Env::contacts(3_000).await;
+    let db = server().database().await;
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = ["poll", "contacts", "--settle", "0s", "--sink", &db.url];
+
+    // The first machine's run goes slowly: HubSpot takes 200 ms a page.
+    env.mock.knobs().latency = Duration::from_millis(200);
+    let mut holder = on(env.cmd(&args), &db, one.path()).spawn();
+    env.mock.wait_for_searches(1).await;
+    let refused = on(env.cmd(&args), &db, two.path()).run().await.code(75);
+    let line = refused.error_line();
+    let pid = holder.id().unwrap();
+    assert!(
+        line.contains(&format!("pid {pid}")) && line.contains("portal 62515"),
+        "{line}"
+    );
+    assert!(!line.contains("secret"), "{line}");
+
+    // Killed, its lock is free again within 10 s; the second machine resumes the
+    // window the first one left.
+    holder.kill().await.expect("SIGKILL");
+    let _ = holder.wait().await;
+    env.mock.knobs().latency = Duration::ZERO;
+    let killed = Instant::now();
+    let summary = loop {
+        let mut json = args.to_vec();
+        json.push("--json");
+        let out = on(env.cmd(&json), &db, two.path()).run().await;
+        if out.code == Some(75) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "the lock is still held 10 s after its holder died"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        break out.success().summary();
+    };
+    assert_eq!(summary["resumed"], true, "{summary}");
+    for dir in [one.path(), two.path()] {
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "no state file or lock beside {}",
+            dir.display()
+        );
+    }
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM hubspot.contacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 3_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_portals_in_one_database_keep_their_own_cursors_and_status_shows_both() {
+    let a = Env::contacts(100).await;
+    let b = Env::contacts(150).await;
+    b.mock.knobs().portal_id = 777;
+    let db = server().database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let poll = |env: &Env| {
+        on(
+            env.cmd(&[
+                "poll", "contacts", "--settle", "0s", "--sink", &db.url, "--json",
+            ]),
+            &db,
+            dir.path(),
+        )
+    };
+    assert_eq!(poll(&a).run().await.success().summary()["delivered"], 100);
+    assert_eq!(poll(&b).run().await.success().summary()["delivered"], 150);
+
+    // `status` needs no token: every portal, grouped.
+    let status = |extra: &[&str]| {
+        let mut args = vec!["status"];
+        args.extend_from_slice(extra);
+        on(a.cmd(&args), &db, dir.path()).env_remove("HUBSPOT_TOKEN")
+    };
+    let json: Value =
+        serde_json::from_str(&status(&["--json"]).run().await.success().stdout).unwrap();
+    let portals: Vec<&Value> = json["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["portal"])
+        .collect();
+    assert_eq!(portals, [&Value::from(777), &Value::from(62515)], "{json}");
+    let table = status(&[]).run().await.success().stdout;
+    assert!(
+        table.contains("Portal 777") && table.contains("Portal 62515"),
+        "{table}"
+    );
+    assert!(!table.contains(TOKEN));
+    let cursor_of = |json: &Value, portal: u64| {
+        json["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["portal"] == portal)
+            .unwrap()["cursorMs"]
+            .clone()
+    };
+    let a_cursor = cursor_of(&json, 62515);
+
+    // A change in one portal moves its cursor only.
+    b.mock.modify("contacts", [7]);
+    assert_eq!(poll(&b).run().await.success().summary()["delivered"], 1);
+    let after: Value =
+        serde_json::from_str(&status(&["--json"]).run().await.success().stdout).unwrap();
+    assert_eq!(cursor_of(&after, 62515), a_cursor);
+    assert_ne!(cursor_of(&after, 777), cursor_of(&json, 777));
+    assert_eq!(poll(&a).run().await.success().summary()["delivered"], 0);
+
+    // A command for one sync needs to know which portal.
+    let ambiguous = on(a.cmd(&["cursor", "show", "contacts"]), &db, dir.path())
+        .run()
+        .await
+        .code(2);
+    assert!(
+        ambiguous.error_line().contains("--portal"),
+        "{}",
+        ambiguous.stderr
+    );
+    let shown = on(
+        a.cmd(&["cursor", "show", "contacts", "--portal", "777"]),
+        &db,
+        dir.path(),
+    )
+    .run()
+    .await
+    .success();
+    assert_ne!(shown.stdout.trim(), "none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_receivers_on_one_queue_deliver_each_change_once() {
+    const RECORDS: u64 = 1_000;
+    let env = Env::contacts(RECORDS).await;
+    let db = server().database().await;
+    // Each row written is audited: a change delivered twice shows as two writes of one
+    // (id, version).
+    let dir = tempfile::tempdir().unwrap();
+    on(
+        env.cmd(&[
+            "poll",
+            "contacts",
+            "--sink",
+            &db.url,
+            "--until",
+            "2024-01-01T00:00:01Z",
+        ]),
+        &db,
+        dir.path(),
+    )
+    .run()
+    .await
+    .success();
+    crate::postgres::audit_writes(&db).await;
+
+    let mut serves = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let serve =
+            Serve::start_on(&env, &["--sink", &db.url], |cmd| on(cmd, &db, dir.path())).await;
+        serves.push((serve, dir));
+    }
+    // 2,000 events, two per record, spread over the three receivers; a tenth of the
+    // batches is sent again to another receiver (HubSpot's retries).
+    let base = martech_sync::timestamp::Millis::now().0 - 60_000;
+    let events: Vec<Value> = (1..=RECORDS)
+        .flat_map(|id| {
+            let at = base + i64::try_from(id).unwrap();
+            [
+                event(id, "creation", at, id),
+                event(id, "propertyChange", at + 5, 10_000 + id),
+            ]
+        })
+        .collect();
+    let batches: Vec<String> = events
+        .chunks(50)
+        .map(|c| Value::from(c.to_vec()).to_string())
+        .collect();
+    for (i, body) in batches.iter().enumerate() {
+        assert_eq!(serves[i % 3].0.send(body).await.0, 200);
+        if i % 10 == 0 {
+            assert_eq!(serves[(i + 1) % 3].0.send(body).await.0, 200);
+        }
+    }
+    let client = db.client().await;
+    let started = Instant::now();
+    loop {
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM hubspot.contacts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let queued: i64 = client
+            .query_one(
+                "SELECT count(*) FROM martech_sync.webhook_events WHERE state <> 'done'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if rows as u64 == RECORDS && queued == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{rows} rows, {queued} events not done"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let twice: Vec<(i64, i64)> = client
+        .query(
+            "SELECT id, count(*) FROM audit GROUP BY id, updated_at, archived HAVING count(*) > 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(twice.is_empty(), "changes delivered twice: {twice:?}");
+    let writes: i64 = client
+        .query_one("SELECT count(*) FROM audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(writes as u64, RECORDS, "each record's one change, once");
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM martech_sync.webhook_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 2_000, "redeliveries are one event");
+    for (serve, _) in serves {
+        serve.stop().await;
+    }
+}
