@@ -40,7 +40,8 @@ pub struct GlobalArgs {
     pub db: PathBuf,
 
     /// In a postgres:// --db that keeps several HubSpot portals: the portal (account id)
-    /// that status, cursor and dead-letters act on. Runs with a token use its portal.
+    /// that status, cursor and dead-letters act on. poll, serve and verify act on their
+    /// token's portal; given, --portal must be that one (else exit 78).
     #[arg(long, value_name = "ID", env = "MARTECH_SYNC_PORTAL", global = true)]
     pub portal: Option<u64>,
 
@@ -518,6 +519,11 @@ pub struct MockArgs {
     /// Delay every search answer by this much.
     #[arg(long, default_value = "0", value_parser = duration)]
     pub latency: Duration,
+
+    /// The portal id GET /account-info/v3/details answers (a second fake with another
+    /// one plays a second HubSpot account).
+    #[arg(long = "portal-id", value_name = "ID", default_value_t = 62_515)]
+    pub portal_id: u64,
 
     /// Answer at most this many searches a second; more get 429 as HubSpot's do.
     #[arg(long = "limit", value_name = "PER_SECOND")]

@@ -129,6 +129,7 @@ pub struct MockConfig {
     pub seed: Option<PathBuf>,
     pub token: Option<String>,
     pub latency: std::time::Duration,
+    pub portal_id: u64,
     pub rate_limit: Option<u32>,
     pub lag: std::time::Duration,
     pub error_rate: f64,
@@ -347,6 +348,7 @@ impl Config {
                     daily_budget: None,
                     timeout: global.timeout,
                     retry: retry_policy(global),
+                    portal: None,
                 },
             }),
             Command::MockHubspot(args) => {
@@ -371,6 +373,7 @@ impl Config {
                         .map(|t| t.trim().to_owned())
                         .filter(|t| !t.is_empty()),
                     latency: args.latency,
+                    portal_id: args.portal_id,
                     rate_limit: args.limit,
                     lag: args.lag,
                     error_rate: args.error_rate,
@@ -755,6 +758,7 @@ fn client_config(
         daily_budget: global.daily_budget,
         timeout: global.timeout,
         retry: retry_policy(global),
+        portal: global.portal,
     })
 }
 

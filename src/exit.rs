@@ -16,7 +16,7 @@ use crate::lock::{LockHeld, NoStateDir, ServeHeld, UntrustedLockDir};
 use crate::sink::SinkUnusable;
 use crate::state::postgres::{NoPortal, StateUnusable};
 use crate::state::sqlite::{HardLinked, NewerSchema, NotAStateFile};
-use crate::sync::{NeedsRefresh, OtherPortal};
+use crate::sync::{NeedsRefresh, OtherPortal, WrongPortal};
 use crate::window::PlanError;
 
 /// The run failed; the cursor did not move.
@@ -63,6 +63,7 @@ pub fn code(err: &anyhow::Error) -> u8 {
             || e.is::<OtherPortal>()
             || e.is::<StateUnusable>()
             || e.is::<NoPortal>()
+            || e.is::<WrongPortal>()
     }) {
         CONFIG
     } else {

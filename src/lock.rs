@@ -11,11 +11,15 @@
 //! different machines exclude each other. The server frees it when the session ends: at
 //! once when the holder's process dies (its socket closes), and within about 10 s when
 //! its machine does (the session's TCP keepalives, see `state::postgres::connect`).
+//! A holder whose session ends under it (the server restarted, an administrator ended
+//! it) has lost the lock: it says so and stops its run at the next page boundary.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -23,7 +27,11 @@ use sha2::{Digest, Sha256};
 use crate::destination::Destination;
 use crate::object::ObjectType;
 use crate::postgres::PgUrl;
+use crate::shutdown::Shutdown;
 use crate::state::Location;
+
+/// A session holding an advisory lock, and the task that ends with its connection.
+type Session = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
 
 /// Another process holds the lock; the run exits 75 (`EX_TEMPFAIL`).
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +69,21 @@ pub struct ObjectLock {
 }
 
 /// What holds a lock: the open lock file, or the Postgres session holding the
-/// advisory lock (dropping the client ends the session).
+/// advisory lock (dropping the client ends the session), with the flag that tells its
+/// watcher the end is ours.
 #[expect(dead_code, reason = "held only to be dropped")]
 enum Held {
     File(File),
-    Session(tokio_postgres::Client),
+    Session(tokio_postgres::Client, Released),
+}
+
+/// Set when a session lock is let go on purpose.
+struct Released(Arc<AtomicBool>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for ObjectLock {
@@ -82,7 +100,8 @@ pub struct ServeLock {
 }
 
 /// Takes the lock of `object` to `destination` in the state `db` (of `portal`, for a
-/// state that keeps many), without waiting.
+/// state that keeps many), without waiting. A Postgres lock whose session ends while
+/// it is held requests `stop` (when given): the run no longer excludes others.
 ///
 /// # Errors
 /// [`LockHeld`] when another process has it; as [`ObjectLock::acquire`] otherwise, or
@@ -92,15 +111,34 @@ pub async fn lock(
     portal: Option<u64>,
     object: &ObjectType,
     destination: &Destination,
+    stop: Option<&Shutdown>,
 ) -> Result<ObjectLock> {
     match db {
         Location::File(path) => ObjectLock::acquire(path, object, destination),
         Location::Postgres(url) => {
             let key = format!("{}|{object}|{}", portal.unwrap_or(0), destination.key());
             match advisory(url, &key).await? {
-                Ok(session) => Ok(ObjectLock {
-                    _held: Held::Session(session),
-                }),
+                Ok((session, ended)) => {
+                    let released = Arc::new(AtomicBool::new(false));
+                    let watch = Arc::clone(&released);
+                    let stop = stop.cloned();
+                    let what = format!("{object} to {destination}");
+                    tokio::spawn(async move {
+                        let _ = ended.await;
+                        if !watch.load(Ordering::SeqCst) {
+                            tracing::error!(
+                                "lost the lock of {what}: its Postgres session ended (the server \
+                                 restarted, or the session was ended); stopping at the next page"
+                            );
+                            if let Some(stop) = stop {
+                                stop.request();
+                            }
+                        }
+                    });
+                    Ok(ObjectLock {
+                        _held: Held::Session(session, Released(released)),
+                    })
+                }
                 Err(holder) => Err(LockHeld {
                     object: object.to_string(),
                     destination: destination.to_string(),
@@ -130,13 +168,13 @@ pub fn serve_lock(db: &Location) -> Result<ServeLock> {
 
 /// Takes the session advisory lock named by `key` on a connection of its own: the
 /// session holding it, or who holds it.
-async fn advisory(url: &PgUrl, key: &str) -> Result<Result<tokio_postgres::Client, String>> {
+async fn advisory(url: &PgUrl, key: &str) -> Result<Result<Session, String>> {
     let digest = Sha256::digest(format!("martech-sync lock|{key}").as_bytes());
     let mut id = [0u8; 8];
     id.copy_from_slice(&digest[..8]);
     let id = i64::from_be_bytes(id);
-    let client = url
-        .connect()
+    let (client, ended) = url
+        .connect_watched()
         .await
         .with_context(|| format!("connecting to {url} for a lock"))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -157,7 +195,7 @@ async fn advisory(url: &PgUrl, key: &str) -> Result<Result<tokio_postgres::Clien
         .await?
         .get(0);
     if taken {
-        return Ok(Ok(client));
+        return Ok(Ok((client, ended)));
     }
     // pg_locks shows a bigint key as its high and low 32 bits, objsubid 1.
     let bits = id.cast_unsigned();

@@ -143,6 +143,17 @@ impl PgUrl {
     /// When the server cannot be reached, refuses the login or the TLS handshake fails;
     /// the message names the server as [`PgUrl`]'s `Display` does, never the password.
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        Ok(self.connect_watched().await?.0)
+    }
+
+    /// As [`PgUrl::connect`], with the task driving the connection: it ends when the
+    /// connection does (the server went away, or the client was dropped).
+    ///
+    /// # Errors
+    /// As [`PgUrl::connect`].
+    pub async fn connect_watched(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
         let mut config = self.config.clone();
         let (client, task) = match &self.tls {
             Tls::Off => {
@@ -160,8 +171,7 @@ impl PgUrl {
                 (client, tokio::spawn(drive(conn)))
             }
         };
-        drop(task);
-        Ok(client)
+        Ok((client, task))
     }
 }
 

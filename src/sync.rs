@@ -913,12 +913,26 @@ pub async fn open_state(
 /// # Errors
 /// When HubSpot cannot say, or the state cannot be read or written.
 pub async fn portal(client: &Client, state: &State) -> Result<u64> {
-    if let Some(portal) = state.portal(client.account()).await? {
-        return Ok(portal);
+    let portal = match state.portal(client.account()).await? {
+        Some(portal) => portal,
+        None => {
+            let portal = client.portal_id().await?;
+            state.remember_portal(client.account(), portal).await?;
+            portal
+        }
+    };
+    match client.expected_portal() {
+        Some(expected) if expected != portal => Err(WrongPortal { expected, portal }.into()),
+        _ => Ok(portal),
     }
-    let portal = client.portal_id().await?;
-    state.remember_portal(client.account(), portal).await?;
-    Ok(portal)
+}
+
+/// `--portal` names another portal than the token's. Exits 78.
+#[derive(Debug, thiserror::Error)]
+#[error("--portal {expected}: the token belongs to HubSpot portal {portal}")]
+pub struct WrongPortal {
+    expected: u64,
+    portal: u64,
 }
 
 /// Tombstones for the records `fresh` winners absorbed that the destination holds live.

@@ -11,7 +11,6 @@
 //! the tests' throwaway Postgres cluster too (started as the tests start it, with fsync
 //! off); figures are for comparing commits on one machine, not absolute.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -43,6 +42,8 @@ struct Scenario {
     /// `--since`: a window that is not a backfill reads through search alone.
     since: Option<&'static str>,
     sink: &'static str,
+    /// The state in the sink's Postgres database (`--db postgres://…`), not a file.
+    pg_state: bool,
 }
 
 impl Scenario {
@@ -57,6 +58,7 @@ impl Scenario {
             general: None,
             since: None,
             sink,
+            pg_state: false,
         }
     }
 }
@@ -87,6 +89,11 @@ fn main() {
         Scenario::fast("fast, sqlite sink", 200_000, "sqlite"),
         Scenario::fast("fast, jsonl sink", 200_000, "jsonl"),
         Scenario::fast("fast, postgres sink", 200_000, "postgres"),
+        Scenario {
+            name: "fast, postgres sink and state",
+            pg_state: true,
+            ..Scenario::fast("", 200_000, "postgres")
+        },
         Scenario::fast("memory, 50k", 50_000, "sqlite"),
         Scenario::fast("memory, 500k", 500_000, "sqlite"),
         Scenario {
@@ -198,7 +205,11 @@ async fn run(s: &Scenario) -> (Row, Option<Duration>) {
         "postgres" => pg::server().database().await.url,
         other => other.to_owned(),
     };
-    let db = dir.path().join("state.db");
+    let db = if s.pg_state {
+        sink.clone()
+    } else {
+        dir.path().join("state.db").display().to_string()
+    };
     let started = Instant::now();
     let summary = poll(&mock, &db, s, &sink).await;
     let wall = started.elapsed();
@@ -247,7 +258,7 @@ async fn run(s: &Scenario) -> (Row, Option<Duration>) {
 }
 
 /// One run; for several objects, their summaries summed into one.
-async fn poll(mock: &MockHubspot, db: &Path, s: &Scenario, sink: &str) -> Value {
+async fn poll(mock: &MockHubspot, db: &str, s: &Scenario, sink: &str) -> Value {
     let objects = s.objects.join(",");
     let out = tokio::process::Command::from({
         let mut c = Command::new(BIN);

@@ -121,7 +121,10 @@ const MAP: &[(&str, &[&str])] = &[
     ),
     ("logging.rs", &["cli", "config", "progress"]),
     ("destination.rs", &["sink"]),
-    ("lock.rs", &["destination", "object", "postgres", "state"]),
+    (
+        "lock.rs",
+        &["destination", "object", "postgres", "shutdown", "state"],
+    ),
     ("report.rs", &["object", "timestamp", "window"]),
     ("progress.rs", &["report", "timestamp", "window"]),
     ("shutdown.rs", &["sink"]),

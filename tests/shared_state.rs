@@ -82,6 +82,23 @@ async fn two_portals_in_one_database_keep_their_own_cursors_and_status_shows_bot
     b.mock.knobs().portal_id = 777;
     let db = server().database().await;
     let dir = tempfile::tempdir().unwrap();
+    // Reading a database that holds no state yet creates nothing.
+    let empty = on(a.cmd(&["status"]), &db, dir.path())
+        .run()
+        .await
+        .success();
+    assert!(empty.stdout.contains("No syncs yet"), "{}", empty.stdout);
+    let schemas: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'martech_sync'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0, "status created the state");
     let poll = |env: &Env| {
         on(
             env.cmd(&[
@@ -154,6 +171,30 @@ async fn two_portals_in_one_database_keep_their_own_cursors_and_status_shows_bot
     .await
     .success();
     assert_ne!(shown.stdout.trim(), "none");
+    let typo = on(
+        a.cmd(&["cursor", "show", "contacts", "--portal", "778"]),
+        &db,
+        dir.path(),
+    )
+    .run()
+    .await
+    .code(2);
+    assert!(
+        typo.error_line().contains("(it has: 777, 62515)"),
+        "{}",
+        typo.stderr
+    );
+    // A token of one portal with --portal of another is a mistake, not a new sync.
+    let wrong = poll(&a)
+        .env("MARTECH_SYNC_PORTAL", "777")
+        .run()
+        .await
+        .code(78);
+    assert!(
+        wrong.error_line().contains("portal 62515"),
+        "{}",
+        wrong.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,4 +302,44 @@ async fn three_receivers_on_one_queue_deliver_each_change_once() {
     for (serve, _) in serves {
         serve.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lock_session_ends_stops_and_the_next_one_resumes() {
+    let env = Env::contacts(3_000).await;
+    let db = server().database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "poll", "contacts", "--settle", "0s", "--sink", &db.url, "--json",
+    ];
+    env.mock.knobs().latency = Duration::from_millis(200);
+    let child = on(env.cmd(&args), &db, dir.path()).spawn();
+    env.mock.wait_for_searches(2).await;
+    // An administrator ends the lock's session (as a server restart would).
+    let ended: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name LIKE 'martech-sync pid %' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the run stops")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lost the lock of contacts"), "{stderr}");
+    env.mock.knobs().latency = Duration::ZERO;
+    let rerun = on(env.cmd(&args), &db, dir.path())
+        .run()
+        .await
+        .success()
+        .summary();
+    assert_eq!(rerun["resumed"], true, "{rerun}");
 }

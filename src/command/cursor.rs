@@ -22,8 +22,8 @@ pub async fn run(db: &Location, portal: Option<u64>, config: &CursorConfig) -> R
     let object = &config.object;
     let mut out = std::io::stdout().lock();
     if let CursorOp::Show = config.op {
-        let cursor = if db.may_exist() {
-            let (state, _) = super::state_of_portal(db, portal, true, true).await?;
+        let cursor = if let Some(state) = state::open_existing(db).await? {
+            let (state, _) = super::narrow(state, db, portal, super::Portals::One).await?;
             let destination = pick_destination(&state, object, config.target.as_ref()).await?;
             let syncs = state.syncs(Some(object)).await?;
             syncs
@@ -43,7 +43,8 @@ pub async fn run(db: &Location, portal: Option<u64>, config: &CursorConfig) -> R
         }
         return Ok(());
     }
-    let (state, portal) = super::state_of_portal(db, portal, false, true).await?;
+    let (state, portal) =
+        super::narrow(state::open(db).await?, db, portal, super::Portals::OneOrNew).await?;
     if matches!(db, Location::Postgres(_)) && portal.is_none() {
         return Err(UsageError::new(format!(
             "{} keeps no syncs yet: give the portal with --portal",
@@ -55,7 +56,7 @@ pub async fn run(db: &Location, portal: Option<u64>, config: &CursorConfig) -> R
     let destination = pick_destination(&state, object, config.target.as_ref())
         .await?
         .unwrap_or_else(|| Destination::named("sqlite", "sqlite"));
-    let _lock = crate::lock::lock(db, portal, object, &destination).await?;
+    let _lock = crate::lock::lock(db, portal, object, &destination, None).await?;
     let sync = state.sync(object, &destination, Unassigned::Leave).await?;
     // A refresh half done told the destination it has the new list: closing its window
     // would leave the rest of history without it.

@@ -13,18 +13,21 @@ use crate::state::Location;
 /// When the state file cannot be read or written.
 pub async fn run(db: &Location, portal: Option<u64>, config: &DeadLettersConfig) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    if !db.may_exist() {
-        writeln!(out, "No state file at {db}.")?;
+    let Some(state) = crate::state::open_existing(db).await? else {
+        writeln!(out, "No state at {db}.")?;
         return Ok(());
-    }
+    };
+    let want = match config {
+        DeadLettersConfig::Retry => super::Portals::One,
+        DeadLettersConfig::List { .. } => super::Portals::All,
+    };
+    let (state, _) = super::narrow(state, db, portal, want).await?;
     match config {
         DeadLettersConfig::List { json: true } => {
-            let state = super::state_of_portal(db, portal, true, false).await?.0;
             serde_json::to_writer_pretty(&mut out, &state.dead_letters().await?)?;
             writeln!(out)?;
         }
         DeadLettersConfig::List { json: false } => {
-            let state = super::state_of_portal(db, portal, true, false).await?.0;
             let dead = state.dead_letters().await?;
             if dead.is_empty() {
                 writeln!(out, "No dead letters.")?;
@@ -43,11 +46,7 @@ pub async fn run(db: &Location, portal: Option<u64>, config: &DeadLettersConfig)
             }
         }
         DeadLettersConfig::Retry => {
-            let n = super::state_of_portal(db, portal, false, true)
-                .await?
-                .0
-                .retry_dead()
-                .await?;
+            let n = state.retry_dead().await?;
             writeln!(
                 out,
                 "{n} dead events queued again; a running serve delivers them"

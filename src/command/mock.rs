@@ -76,6 +76,7 @@ pub async fn run(config: &MockConfig) -> Result<()> {
     {
         let mut knobs = mock.knobs();
         knobs.latency = config.latency;
+        knobs.portal_id = config.portal_id;
         knobs.rate_limit = config.rate_limit;
         knobs.lag = config.lag;
         knobs.unreadable.clone_from(&config.unreadable);

@@ -96,37 +96,63 @@ pub(crate) async fn pick_destination(
     }
 }
 
-/// The state at `db` for a command without a token (`status`, `cursor`,
-/// `dead-letters`), with the portal it is narrowed to: in a Postgres state that keeps several portals, narrowed to
-/// `portal` (`--portal`) or to the only one it keeps. With `one`, a state of several
-/// portals and no `--portal` is refused; without, it is read whole.
+/// What a command without a token needs of a state that keeps many portals.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Portals {
+    /// Every portal, unless `--portal` names one (`status`, `dead-letters list`).
+    All,
+    /// One portal that has syncs (`cursor show`, `dead-letters retry`).
+    One,
+    /// One portal, which may have none yet (`cursor set|reset` before a first run).
+    OneOrNew,
+}
+
+/// `state` (at `db`) for a command without a token (`status`, `cursor`,
+/// `dead-letters`), with the portal it is narrowed to: in a Postgres state, to `portal`
+/// (`--portal`) or to the only portal it keeps. A state of several portals and no
+/// `--portal` is read whole or refused, as `want` says; so is a `--portal` without syncs.
 ///
 /// # Errors
-/// When the state cannot be opened, or a usage error naming the portals.
-pub(crate) async fn state_of_portal(
+/// A usage error naming the portals there are, or when they cannot be read.
+pub(crate) async fn narrow(
+    state: State,
     db: &Location,
     portal: Option<u64>,
-    read_only: bool,
-    one: bool,
+    want: Portals,
 ) -> Result<(State, Option<u64>)> {
-    let state = if read_only {
-        state::open_read_only(db).await?
-    } else {
-        state::open(db).await?
-    };
-    if portal.is_some() || matches!(db, Location::File(_)) {
-        return Ok((state::for_portal(state, portal), portal));
+    if matches!(db, Location::File(_)) {
+        return Ok((state, None));
     }
-    match state.portals().await?.as_slice() {
-        [only] => Ok((state::for_portal(state, Some(*only)), Some(*only))),
-        many if one && many.len() > 1 => Err(UsageError::new(format!(
-            "{} keeps the syncs of {} HubSpot portals ({}); say which with --portal",
-            state.describe(),
-            many.len(),
-            many.iter()
+    let portals = state.portals().await?;
+    let known = || {
+        if portals.is_empty() {
+            "none yet".to_owned()
+        } else {
+            portals
+                .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
+        }
+    };
+    if let Some(portal) = portal {
+        if !portals.contains(&portal) && want != Portals::OneOrNew {
+            return Err(UsageError::new(format!(
+                "--portal {portal}: {} has no syncs of that portal (it has: {})",
+                state.describe(),
+                known()
+            ))
+            .into());
+        }
+        return Ok((state::for_portal(state, Some(portal)), Some(portal)));
+    }
+    match portals.as_slice() {
+        [only] => Ok((state::for_portal(state, Some(*only)), Some(*only))),
+        many if want != Portals::All && many.len() > 1 => Err(UsageError::new(format!(
+            "{} keeps the syncs of {} HubSpot portals ({}); say which with --portal",
+            state.describe(),
+            many.len(),
+            known()
         ))
         .into()),
         _ => Ok((state, None)),

@@ -73,7 +73,8 @@ pub async fn run(db: &Location, config: &ServeConfig) -> Result<()> {
     };
     let mut polled = HashMap::new();
     for job in &config.polls {
-        let lock = crate::lock::lock(db, portal, &job.object, &job.destination).await?;
+        let lock =
+            crate::lock::lock(db, portal, &job.object, &job.destination, Some(&shutdown)).await?;
         polled.insert(job.object.clone(), lock);
     }
     let engine_state = short_waits(db, portal).await?;

@@ -22,27 +22,30 @@ const FUTURE_SLACK_MS: i64 = 60_000;
 pub async fn run(db: &Location, portal: Option<u64>, config: &StatusConfig) -> Result<()> {
     let now = Millis::now();
     let today = now.to_rfc3339()[..10].to_owned();
-    let (objects, webhooks, requests): (Vec<SyncStatus>, QueueDepth, u64) = if db.may_exist() {
-        let state = super::state_of_portal(db, portal, true, false).await?.0;
-        let objects = state
-            .status()
-            .await?
-            .into_iter()
-            .filter(|s| {
-                config
-                    .object
-                    .as_ref()
-                    .is_none_or(|o| o.as_str() == s.object)
-            })
-            .collect();
-        (
-            objects,
-            state.queue_depth().await?,
-            state.requests_on(&today).await?,
-        )
-    } else {
-        (Vec::new(), QueueDepth::default(), 0)
-    };
+    let (objects, webhooks, requests): (Vec<SyncStatus>, QueueDepth, u64) =
+        if let Some(state) = crate::state::open_existing(db).await? {
+            let state = super::narrow(state, db, portal, super::Portals::All)
+                .await?
+                .0;
+            let objects = state
+                .status()
+                .await?
+                .into_iter()
+                .filter(|s| {
+                    config
+                        .object
+                        .as_ref()
+                        .is_none_or(|o| o.as_str() == s.object)
+                })
+                .collect();
+            (
+                objects,
+                state.queue_depth().await?,
+                state.requests_on(&today).await?,
+            )
+        } else {
+            (Vec::new(), QueueDepth::default(), 0)
+        };
     print(db, config, &objects, (webhooks, requests), now)?;
     if let Some(limit) = config.stale_after {
         let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);

@@ -83,7 +83,7 @@ pub async fn run(db: &Location, config: &VerifyConfig) -> Result<()> {
         .into());
     };
     let _lock = if config.repair {
-        Some(crate::lock::lock(db, portal, object, &destination).await?)
+        Some(crate::lock::lock(db, portal, object, &destination, None).await?)
     } else {
         None
     };

@@ -34,6 +34,8 @@ pub struct ClientConfig {
     pub daily_budget: Option<u64>,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// `--portal`: the portal the token must belong to, when given.
+    pub portal: Option<u64>,
 }
 
 /// Request counters, shared by every user of one client.
@@ -76,6 +78,8 @@ pub struct Client {
     /// Names the (HubSpot, token) pair without the token: what a cached portal id is
     /// kept under.
     account: Arc<str>,
+    /// The portal the token must belong to (`--portal`).
+    portal: Option<u64>,
 }
 
 impl Client {
@@ -109,6 +113,7 @@ impl Client {
             retry: config.retry,
             counters: Arc::default(),
             account: account_key(&config.base_url, config.token.expose()).into(),
+            portal: config.portal,
         })
     }
 
@@ -116,6 +121,11 @@ impl Client {
     /// token, from which neither can be read back.
     pub fn account(&self) -> &str {
         &self.account
+    }
+
+    /// The portal the token must belong to (`--portal`), when given.
+    pub fn expected_portal(&self) -> Option<u64> {
+        self.portal
     }
 
     /// A clone that shares the pacing (the budgets are the account's) but counts its own

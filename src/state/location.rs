@@ -21,15 +21,6 @@ impl Location {
             Location::Postgres(_) => None,
         }
     }
-
-    /// Whether a state may already be there to read: a file that exists, or any
-    /// Postgres database (reading finds out).
-    pub fn may_exist(&self) -> bool {
-        match self {
-            Location::File(path) => path.exists(),
-            Location::Postgres(_) => true,
-        }
-    }
 }
 
 impl fmt::Display for Location {

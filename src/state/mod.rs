@@ -58,20 +58,24 @@ pub async fn open(db: &Location) -> Result<State> {
     })
 }
 
-/// Opens an existing state to read it (`status`, `cursor show`, `dead-letters list`):
-/// as [`open`] when it can be written (so an older schema is migrated), else read-only,
-/// so that these commands work on a file the user may only read.
+/// Opens an existing state to read it (`status`, `cursor show`, `dead-letters list`),
+/// creating nothing: `None` when there is none yet. As [`open`] when it can be written
+/// (so an older schema is migrated), else read-only, so that these commands work on a
+/// file the user may only read.
 ///
 /// # Errors
 /// When it cannot be opened even read-only, is not a state, or has a newer schema.
-pub async fn open_read_only(db: &Location) -> Result<State> {
+pub async fn open_existing(db: &Location) -> Result<Option<State>> {
     match db {
+        Location::File(path) if !path.exists() => Ok(None),
         Location::File(path) => match Sqlite::open(path) {
-            Ok(state) => Ok(Arc::new(state)),
-            Err(e) if sqlite::is_read_only(&e) => Ok(Arc::new(Sqlite::open_read_only(path)?)),
+            Ok(state) => Ok(Some(Arc::new(state))),
+            Err(e) if sqlite::is_read_only(&e) => Ok(Some(Arc::new(Sqlite::open_read_only(path)?))),
             Err(e) => Err(e),
         },
-        Location::Postgres(url) => Ok(Arc::new(Postgres::open_read_only(url).await?)),
+        Location::Postgres(url) => Ok(Postgres::open_existing(url)
+            .await?
+            .map(|state| Arc::new(state) as State)),
     }
 }
 

@@ -96,7 +96,7 @@ impl Locks {
         if self.held.contains_key(object) {
             return Ok(Some(None));
         }
-        match crate::lock::lock(&self.db, self.portal, object, &self.destination).await {
+        match crate::lock::lock(&self.db, self.portal, object, &self.destination, None).await {
             Ok(lock) => Ok(Some(Some(lock))),
             Err(e) if e.is::<LockHeld>() => {
                 tracing::debug!(%object, "a poll holds the lock; its webhook events wait");

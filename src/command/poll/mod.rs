@@ -71,7 +71,14 @@ async fn open(
 ) -> Result<(ObjectLock, Engine, PollJob)> {
     let client = Client::new(&config.client)?;
     let (state, portal) = crate::sync::open_state(db, &client).await?;
-    let lock = crate::lock::lock(db, portal, &config.job.object, &config.job.destination).await?;
+    let lock = crate::lock::lock(
+        db,
+        portal,
+        &config.job.object,
+        &config.job.destination,
+        Some(shutdown),
+    )
+    .await?;
     let (sink, destination) =
         resolve_sink(&state, &config.job.destination, config.sink.as_ref()).await?;
     let job = PollJob {

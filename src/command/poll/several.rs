@@ -81,14 +81,15 @@ pub async fn run(db: &Location, config: &PollConfig, shutdown: &Shutdown) -> Res
     // checked for a cut last line before any of them writes.
     for object in &config.objects {
         let job = config.job_for(object);
-        let lock = match crate::lock::lock(db, portal, object, &job.destination).await {
-            Ok(lock) => lock,
-            Err(e) if e.is::<LockHeld>() => {
-                ended.push((object.clone(), Some(Ended::Locked(e))));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let lock =
+            match crate::lock::lock(db, portal, object, &job.destination, Some(shutdown)).await {
+                Ok(lock) => lock,
+                Err(e) if e.is::<LockHeld>() => {
+                    ended.push((object.clone(), Some(Ended::Locked(e))));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
         let (sink, destination) =
             resolve_sink(&state, &job.destination, config.sink.as_ref()).await?;
         // Each object its own connection (or file handle): their runs go on at once.

@@ -98,21 +98,22 @@ impl Postgres {
         })
     }
 
-    /// Connects to a state that must already exist, without writing (`status`).
+    /// Connects to a state to read it (`status`), creating nothing: `None` when the
+    /// database holds no state yet. An older schema is migrated first.
     ///
     /// # Errors
-    /// As [`Postgres::open`], and when the schema is missing or older than this build.
-    pub async fn open_read_only(url: &PgUrl) -> Result<Postgres> {
+    /// As [`Postgres::open`].
+    pub async fn open_existing(url: &PgUrl) -> Result<Option<Postgres>> {
         let client = connect(url).await?;
         match schema::version(&client).await.map_err(|e| named(e, url))? {
-            Some(v) if v == schema::MIGRATIONS.len() => {}
-            Some(_) | None => return Self::open(url).await,
+            None => Ok(None),
+            Some(v) if v == schema::MIGRATIONS.len() => Ok(Some(Postgres {
+                url: url.clone(),
+                conn: Arc::new(Mutex::new(Some(client))),
+                portal: None,
+            })),
+            Some(_) => Ok(Some(Self::open(url).await?)),
         }
-        Ok(Postgres {
-            url: url.clone(),
-            conn: Arc::new(Mutex::new(Some(client))),
-            portal: None,
-        })
     }
 
     /// The connection, opened again if it was lost.
@@ -146,8 +147,7 @@ async fn connect(url: &PgUrl) -> Result<Client> {
     let client = url
         .connect()
         .await
-        .map_err(|e| named(e, url))
-        .with_context(|| format!("connecting to the state in {url}"))?;
+        .map_err(|e| named(e.context("connecting"), url))?;
     // A holder of an advisory lock on a machine that died is found out by TCP
     // keepalives: these settings have the server drop its session, and so the lock,
     // within about 10 s ("Connections and Authentication", tcp_keepalives_*).
@@ -162,20 +162,29 @@ async fn connect(url: &PgUrl) -> Result<Client> {
 }
 
 /// `e` with the state named; refused logins, missing databases and lacking privileges
-/// (SQLSTATE classes 28, 3D and 42) and a newer schema exit 78.
+/// (SQLSTATE classes 28, 3D and 42), a password given nowhere and a newer schema exit
+/// 78: no rerun fixes them.
 fn named(e: anyhow::Error, url: &PgUrl) -> anyhow::Error {
     let fatal = e.chain().any(|c| {
-        c.downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
-            .is_some_and(|code| {
+        c.downcast_ref::<tokio_postgres::Error>().is_some_and(|pg| {
+            pg.code().is_some_and(|code| {
                 let code = code.code();
                 code.starts_with("28") || code.starts_with("3D") || code.starts_with("42")
-            })
+            }) || pg.to_string().starts_with("invalid configuration")
+        })
     });
+    if e.chain().any(|c| c.is::<StateUnusable>()) {
+        return e;
+    }
     if fatal || e.is::<super::sqlite::NewerSchema>() {
+        let why = format!("{e:#}");
         StateUnusable {
             state: url.to_string(),
-            why: format!("{e:#}"),
+            why: if why.contains("password missing") {
+                format!("{why} (give it in PGPASSWORD)")
+            } else {
+                why
+            },
         }
         .into()
     } else {
