@@ -215,8 +215,8 @@ impl Config {
         if global.max_attempts == 0 {
             return Err(usage("--max-attempts must be at least 1"));
         }
-        let db = location(&global.db)?;
         let mut warnings = Vec::new();
+        let db = location(&global.db, &mut warnings)?;
         let command = match &cli.command {
             Command::Poll(args) => CommandConfig::Poll(poll(args, global, now, &mut warnings)?),
             Command::Status(args) => CommandConfig::Status(StatusConfig {
@@ -663,13 +663,19 @@ fn sink_spec(
 
 /// A `--db` value: a postgres:// URL (completed from the PG* variables), else a state
 /// file.
-fn location(db: &std::path::Path) -> Result<Location, UsageError> {
+fn location(db: &std::path::Path, warnings: &mut Vec<String>) -> Result<Location, UsageError> {
     match db.to_str() {
         Some(text) if crate::postgres::PgUrl::is_postgres(text) => {
             let bad = |e: &dyn std::fmt::Display| {
                 usage(format!("--db {}: {e}", crate::postgres::redact_text(text)))
             };
             let url: crate::postgres::PgUrl = text.parse().map_err(|e| bad(&e))?;
+            if url.has_password() {
+                warnings.push(
+                    "--db holds a password, which other users see in `ps`; give it in PGPASSWORD"
+                        .to_owned(),
+                );
+            }
             let url = url.from_environment().map_err(|e| bad(&e))?;
             Ok(Location::Postgres(Box::new(url)))
         }

@@ -14,7 +14,7 @@ use crate::command::verify::DriftFound;
 use crate::config::UsageError;
 use crate::lock::{LockHeld, NoStateDir, ServeHeld, UntrustedLockDir};
 use crate::sink::SinkUnusable;
-use crate::state::postgres::{NoPortal, StateUnusable};
+use crate::state::postgres::{LockLost, NoPortal, StateUnusable};
 use crate::state::sqlite::{HardLinked, NewerSchema, NotAStateFile};
 use crate::sync::{NeedsRefresh, OtherPortal, WrongPortal};
 use crate::window::PlanError;
@@ -49,7 +49,7 @@ pub fn code(err: &anyhow::Error) -> u8 {
     let any = |f: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| err.chain().any(f);
     if any(&|e| e.is::<UsageError>() || e.is::<NeedsRefresh>() || e.is::<PlanError>()) {
         USAGE
-    } else if any(&|e| e.is::<LockHeld>() || e.is::<ServeHeld>()) {
+    } else if any(&|e| e.is::<LockHeld>() || e.is::<ServeHeld>() || e.is::<LockLost>()) {
         LOCKED
     } else if any(&|e| e.is::<DriftFound>()) {
         DRIFT
@@ -62,6 +62,7 @@ pub fn code(err: &anyhow::Error) -> u8 {
             || e.is::<SinkUnusable>()
             || e.is::<OtherPortal>()
             || e.is::<StateUnusable>()
+            || e.is::<crate::command::serve::QueueBound>()
             || e.is::<NoPortal>()
             || e.is::<WrongPortal>()
     }) {

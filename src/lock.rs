@@ -116,8 +116,8 @@ pub async fn lock(
     match db {
         Location::File(path) => ObjectLock::acquire(path, object, destination),
         Location::Postgres(url) => {
-            let key = format!("{}|{object}|{}", portal.unwrap_or(0), destination.key());
-            match advisory(url, &key).await? {
+            let id = advisory_id(portal, object.as_str(), destination.key());
+            match advisory(url, id).await? {
                 Ok((session, ended)) => {
                     let released = Arc::new(AtomicBool::new(false));
                     let watch = Arc::clone(&released);
@@ -166,19 +166,42 @@ pub fn serve_lock(db: &Location) -> Result<ServeLock> {
     }
 }
 
-/// Takes the session advisory lock named by `key` on a connection of its own: the
-/// session holding it, or who holds it.
-async fn advisory(url: &PgUrl, key: &str) -> Result<Result<Session, String>> {
-    let digest = Sha256::digest(format!("martech-sync lock|{key}").as_bytes());
+/// The advisory lock id of the sync of `object` to `destination` (its key) in `portal`.
+pub fn advisory_id(portal: Option<u64>, object: &str, destination: &str) -> i64 {
+    let key = format!(
+        "martech-sync lock|{}|{object}|{destination}",
+        portal.unwrap_or(0)
+    );
+    let digest = Sha256::digest(key.as_bytes());
     let mut id = [0u8; 8];
     id.copy_from_slice(&digest[..8]);
-    let id = i64::from_be_bytes(id);
+    i64::from_be_bytes(id)
+}
+
+/// The application name of this process's lock sessions: how a second run names the
+/// holder, and how a commit tells a lock of its own process from another's.
+pub fn session_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("martech-sync pid {} on {}", std::process::id(), host.trim())
+}
+
+/// `pg_locks` shows a bigint advisory key as its high and low 32 bits (objsubid 1).
+pub fn lock_bits(id: i64) -> (u32, u32) {
+    let bits = id.cast_unsigned();
+    (
+        u32::try_from(bits >> 32).unwrap_or(0),
+        u32::try_from(bits & 0xffff_ffff).unwrap_or(0),
+    )
+}
+
+/// Takes the session advisory lock `id` on a connection of its own: the session
+/// holding it, or who holds it.
+async fn advisory(url: &PgUrl, id: i64) -> Result<Result<Session, String>> {
     let (client, ended) = url
         .connect_watched()
         .await
         .with_context(|| format!("connecting to {url} for a lock"))?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let me = format!("martech-sync pid {} on {}", std::process::id(), host.trim());
+    let me = session_name();
     // Keepalives as the state's sessions have them: a dead machine's lock frees itself
     // within about 10 s. The application name tells a second run who holds it.
     client
@@ -197,18 +220,14 @@ async fn advisory(url: &PgUrl, key: &str) -> Result<Result<Session, String>> {
     if taken {
         return Ok(Ok((client, ended)));
     }
-    // pg_locks shows a bigint key as its high and low 32 bits, objsubid 1.
-    let bits = id.cast_unsigned();
+    let (high, low) = lock_bits(id);
     let holder: Option<String> = client
         .query_opt(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                AND l.classid = $1 AND l.objid = $2 AND l.database = (
                    SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[
-                &u32::try_from(bits >> 32)?,
-                &u32::try_from(bits & 0xffff_ffff)?,
-            ],
+            &[&high, &low],
         )
         .await?
         .and_then(|r| r.get::<_, Option<String>>(0))

@@ -129,6 +129,11 @@ impl PgUrl {
         Ok(self)
     }
 
+    /// Whether the URL itself holds a password (which `ps` shows).
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
     /// [`PgUrl::with_env`] from this process's environment.
     ///
     /// # Errors

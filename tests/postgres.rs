@@ -30,7 +30,11 @@ impl StateIn {
     fn on(self, cmd: crate::support::Cmd, db: &Database) -> crate::support::Cmd {
         match self {
             StateIn::File => cmd,
-            StateIn::Postgres => cmd.env("MARTECH_SYNC_DB", &db.url),
+            StateIn::Postgres => {
+                let (url, password) = db.split_url();
+                cmd.env("MARTECH_SYNC_DB", &url)
+                    .env("PGPASSWORD", &password)
+            }
         }
     }
 }

@@ -13,7 +13,10 @@ use crate::webhooks::{Serve, event};
 
 /// `cmd` with its state in `db`, run from a directory of its own.
 fn on(cmd: crate::support::Cmd, db: &Database, dir: &std::path::Path) -> crate::support::Cmd {
-    cmd.env("MARTECH_SYNC_DB", &db.url).current_dir(dir)
+    let (url, password) = db.split_url();
+    cmd.env("MARTECH_SYNC_DB", &url)
+        .env("PGPASSWORD", &password)
+        .current_dir(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +37,7 @@ async fn two_machines_exclude_each_other_and_a_killed_holders_lock_frees_itself(
         line.contains(&format!("pid {pid}")) && line.contains("portal 62515"),
         "{line}"
     );
-    assert!(!line.contains("secret"), "{line}");
+    assert!(!refused.stderr.contains(&db.split_url().1), "the password");
 
     // Killed, its lock is free again within 10 s; the second machine resumes the
     // window the first one left.
@@ -299,6 +302,22 @@ async fn three_receivers_on_one_queue_deliver_each_change_once() {
         .unwrap()
         .get(0);
     assert_eq!(events, 2_000, "redeliveries are one event");
+    // A serve to another destination would split the queue's events: refused.
+    let sink = format!("jsonl:{}", env.path("other.jsonl").display());
+    let other = on(
+        env.cmd(&["serve", "--listen", "127.0.0.1:0", "--sink", &sink])
+            .env("HUBSPOT_CLIENT_SECRET", crate::webhooks::SECRET),
+        &db,
+        dir.path(),
+    )
+    .run()
+    .await
+    .code(78);
+    assert!(
+        other.error_line().contains("feeds destination"),
+        "{}",
+        other.stderr
+    );
     for (serve, _) in serves {
         serve.stop().await;
     }

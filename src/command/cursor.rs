@@ -44,10 +44,10 @@ pub async fn run(db: &Location, portal: Option<u64>, config: &CursorConfig) -> R
         return Ok(());
     }
     let (state, portal) =
-        super::narrow(state::open(db).await?, db, portal, super::Portals::OneOrNew).await?;
+        super::narrow(state::open(db).await?, db, portal, super::Portals::One).await?;
     if matches!(db, Location::Postgres(_)) && portal.is_none() {
         return Err(UsageError::new(format!(
-            "{} keeps no syncs yet: give the portal with --portal",
+            "{} keeps no syncs of any portal yet: run a poll with the portal's token first",
             state.describe()
         ))
         .into());

@@ -101,10 +101,8 @@ pub(crate) async fn pick_destination(
 pub(crate) enum Portals {
     /// Every portal, unless `--portal` names one (`status`, `dead-letters list`).
     All,
-    /// One portal that has syncs (`cursor show`, `dead-letters retry`).
+    /// One portal that has syncs (`cursor`, `dead-letters retry`).
     One,
-    /// One portal, which may have none yet (`cursor set|reset` before a first run).
-    OneOrNew,
 }
 
 /// `state` (at `db`) for a command without a token (`status`, `cursor`,
@@ -121,6 +119,11 @@ pub(crate) async fn narrow(
     want: Portals,
 ) -> Result<(State, Option<u64>)> {
     if matches!(db, Location::File(_)) {
+        if let Some(portal) = portal {
+            tracing::warn!(
+                "--portal {portal} is ignored: a state file keeps one portal's syncs (--portal is for a postgres:// --db)"
+            );
+        }
         return Ok((state, None));
     }
     let portals = state.portals().await?;
@@ -136,9 +139,9 @@ pub(crate) async fn narrow(
         }
     };
     if let Some(portal) = portal {
-        if !portals.contains(&portal) && want != Portals::OneOrNew {
+        if !portals.contains(&portal) {
             return Err(UsageError::new(format!(
-                "--portal {portal}: {} has no syncs of that portal (it has: {})",
+                "--portal {portal}: {} has no syncs of that portal (it has: {}); a run with the portal's token makes them",
                 state.describe(),
                 known()
             ))

@@ -80,6 +80,15 @@ pub async fn run(db: &Location, config: &ServeConfig) -> Result<()> {
     let engine_state = short_waits(db, portal).await?;
     let (sink, destination) =
         resolve_sink(&engine_state, &config.destination, config.sink.as_ref()).await?;
+    let bound = engine_state.bind_queue(destination.key()).await?;
+    if bound != destination.key() {
+        return Err(QueueBound {
+            state: engine_state.describe(),
+            bound,
+            destination: destination.key().to_owned(),
+        }
+        .into());
+    }
     let polls: Vec<PollJob> = config
         .polls
         .iter()
@@ -201,6 +210,21 @@ pub async fn run(db: &Location, config: &ServeConfig) -> Result<()> {
     outcome?;
     tracing::info!("stopped; queued events wait in the state file");
     Ok(())
+}
+
+/// The shared queue of a Postgres state feeds another destination than this serve's:
+/// each event is marked done once, so two destinations would split the events between
+/// them. Exits 78.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the webhook queue of {state} feeds destination {bound}, and this serve delivers to \
+     {destination}: every serve of a portal must deliver to one destination (stop them all and \
+     delete the `queue-of:` row of martech_sync.meta to move it)"
+)]
+pub struct QueueBound {
+    state: String,
+    bound: String,
+    destination: String,
 }
 
 /// A handle on the state of its own (each part of serve writes at once), narrowed to

@@ -153,13 +153,21 @@ fn print(
             }
         }
     }
+    let mut portals: Vec<u64> = objects.iter().filter_map(|o| o.portal).collect();
+    portals.sort_unstable();
+    portals.dedup();
+    let all = if portals.len() > 1 {
+        ", all portals"
+    } else {
+        ""
+    };
     if requests > 0 {
-        writeln!(out, "\nHubSpot requests today (UTC): {requests}")?;
+        writeln!(out, "\nHubSpot requests today (UTC){all}: {requests}")?;
     }
     if webhooks.queued + webhooks.dead > 0 {
         writeln!(
             out,
-            "\nWebhook events: {} queued, {} dead (see `martech-sync dead-letters list`)",
+            "\nWebhook events{all}: {} queued, {} dead (see `martech-sync dead-letters list`)",
             webhooks.queued, webhooks.dead
         )?;
     }

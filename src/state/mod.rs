@@ -533,6 +533,16 @@ pub trait Storage: Send + std::marker::Sync {
     /// On storage errors.
     async fn due_events(&self, now: Millis, limit: usize, skip: &[String]) -> Result<Vec<Queued>>;
 
+    /// Binds the webhook queue (of this handle's portal) to `destination` on first use
+    /// and returns the destination it is bound to: the queue marks an event done for
+    /// one destination, so every worker taking from it must deliver to that one.
+    ///
+    /// # Errors
+    /// On storage errors.
+    async fn bind_queue(&self, destination: &str) -> Result<String> {
+        Ok(destination.to_owned())
+    }
+
     /// Ends the claim [`Storage::due_events`] took on `keys` without counting an attempt
     /// (their object's lock was held), where events are claimed (Postgres).
     ///

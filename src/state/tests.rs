@@ -35,8 +35,16 @@ async fn postgres() -> State {
 }
 
 async fn pg_location() -> Location {
+    pg_database().await.0
+}
+
+/// A database of its own: where the state goes, and its URL with the password.
+async fn pg_database() -> (Location, String) {
     let db = cluster::server().database().await;
-    Location::Postgres(Box::new(db.url.parse().unwrap()))
+    (
+        Location::Postgres(Box::new(db.url.parse().unwrap())),
+        db.url,
+    )
 }
 
 fn record(id: u64, modified: i64) -> Record {
@@ -336,7 +344,7 @@ async fn the_queue_ignores_redeliveries_retries_and_gives_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claimed_event_goes_to_one_worker_until_released() {
-    let db = pg_location().await;
+    let (db, url) = pg_database().await;
     let one = for_portal(open(&db).await.unwrap(), Some(PORTAL));
     let two = for_portal(open(&db).await.unwrap(), Some(PORTAL));
     let other = for_portal(open(&db).await.unwrap(), Some(PORTAL + 1));
@@ -359,14 +367,71 @@ async fn a_claimed_event_goes_to_one_worker_until_released() {
     let keys: Vec<String> = first.iter().map(|e| e.key.clone()).collect();
     one.release_events(&keys).await.unwrap();
     assert_eq!(two.due_events(Millis(100), 10, &[]).await.unwrap().len(), 6);
-    // A claim whose worker died runs out.
+    // A claim whose worker died runs out (by the server's clock: aged here).
+    let admin = cluster::connect(&url).await;
+    admin
+        .execute(
+            "UPDATE martech_sync.webhook_events SET claimed_until = claimed_until - 61000",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(
-        one.due_events(Millis(100 + 61_000), 10, &[])
-            .await
-            .unwrap()
-            .len(),
+        one.due_events(Millis(100), 10, &[]).await.unwrap().len(),
         10
     );
+    // An event that does not say its portal cannot be told apart: dropped.
+    let mut anonymous = event(11, 11, PORTAL);
+    anonymous.portal = None;
+    assert_eq!(one.enqueue(&[anonymous], Millis(1)).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_is_not_recorded_while_another_process_holds_the_lock() {
+    let (db, url) = pg_database().await;
+    let state = for_portal(open(&db).await.unwrap(), Some(PORTAL));
+    let (sync, _, _) = started(&state).await;
+    let page = [record(1, 10)];
+    let refs: Vec<&Record> = page.iter().collect();
+    let checkpoint = Checkpoint {
+        slice: 0,
+        last_id: Some(RecordId(1)),
+        done: false,
+        records: 1,
+        total: None,
+    };
+    // Another process (another application name) takes the sync's lock.
+    let other = cluster::connect(&url).await;
+    let id = crate::lock::advisory_id(Some(PORTAL), "contacts", "sqlite");
+    other
+        .batch_execute("SET application_name = 'martech-sync pid 1 on elsewhere'")
+        .await
+        .unwrap();
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&id])
+        .await
+        .unwrap();
+    let err = state
+        .commit_page(sync.id, Pass::Main, checkpoint, &refs, RecordsTable::Skip)
+        .await
+        .unwrap_err();
+    assert!(err.is::<postgres::LockLost>(), "{err:#}");
+    assert!(format!("{err:#}").contains("pid 1 on elsewhere"), "{err:#}");
+    assert!(
+        state
+            .held(sync.id, &[RecordId(1)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&id])
+        .await
+        .unwrap();
+    state
+        .commit_page(sync.id, Pass::Main, checkpoint, &refs, RecordsTable::Skip)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,15 @@ impl Server {
 }
 
 impl Database {
+    /// The URL without its password, and the password (for `PGPASSWORD`): a URL with a
+    /// password warns, as `ps` shows it.
+    pub fn split_url(&self) -> (String, String) {
+        let (scheme, rest) = self.url.split_once("://").expect("a URL");
+        let (userinfo, host) = rest.rsplit_once('@').expect("a user");
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        (format!("{scheme}://{user}@{host}"), password.to_owned())
+    }
+
     /// A client on this database.
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await

@@ -14,9 +14,12 @@
 //! `lock.rs`) keep two runs off one sync, the ledger's upsert never goes back to an
 //! older version, and the queue is claimed with `FOR UPDATE SKIP LOCKED`.
 
+mod fence;
 mod ledger;
 mod queue;
 pub mod schema;
+
+pub use fence::LockLost;
 mod syncs;
 mod windows;
 
@@ -173,7 +176,7 @@ fn named(e: anyhow::Error, url: &PgUrl) -> anyhow::Error {
             }) || pg.to_string().starts_with("invalid configuration")
         })
     });
-    if e.chain().any(|c| c.is::<StateUnusable>()) {
+    if e.is::<StateUnusable>() || e.downcast_ref::<Named>().is_some() {
         return e;
     }
     if fatal || e.is::<super::sqlite::NewerSchema>() {
@@ -188,7 +191,17 @@ fn named(e: anyhow::Error, url: &PgUrl) -> anyhow::Error {
         }
         .into()
     } else {
-        e.context(format!("state in {url}"))
+        e.context(Named(url.to_string()))
+    }
+}
+
+/// The context that names the state in an error, once.
+#[derive(Debug)]
+struct Named(String);
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "state in {}", self.0)
     }
 }
 
@@ -303,6 +316,7 @@ impl Storage for Postgres {
         records: RecordsTable,
     ) -> Result<()> {
         in_tx!(self, tx => {
+            fence::fence(&tx, sync).await?;
             ledger::remember(&tx, sync, delivered, records).await?;
             windows::checkpoint(&tx, sync, pass, checkpoint).await?
         })
@@ -316,7 +330,10 @@ impl Storage for Postgres {
         run: RunId,
         report: &RunReport,
     ) -> Result<()> {
-        in_tx!(self, tx => windows::commit(&tx, sync, pass, to, run, report).await?)
+        in_tx!(self, tx => {
+            fence::fence(&tx, sync).await?;
+            windows::commit(&tx, sync, pass, to, run, report).await?
+        })
     }
 
     async fn finish_run(&self, run: RunId, report: &RunReport) -> Result<()> {
@@ -419,6 +436,11 @@ impl Storage for Postgres {
         in_tx!(self, tx => queue::claim(&tx, portal, now, limit, skip).await?)
     }
 
+    async fn bind_queue(&self, destination: &str) -> Result<String> {
+        let portal = self.portal()?;
+        in_tx!(self, tx => queue::bind(&tx, portal, destination).await?)
+    }
+
     async fn release_events(&self, keys: &[String]) -> Result<()> {
         in_tx!(self, tx => queue::release(&tx, keys).await?)
     }
@@ -436,6 +458,7 @@ impl Storage for Postgres {
         keys: &[String],
     ) -> Result<()> {
         in_tx!(self, tx => {
+            fence::fence(&tx, sync).await?;
             ledger::remember(&tx, sync, delivered, records).await?;
             queue::mark_done(&tx, keys).await?
         })

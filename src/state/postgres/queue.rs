@@ -37,6 +37,16 @@ fn queued(r: &Row) -> Queued {
 }
 
 pub async fn enqueue(tx: &Transaction<'_>, events: &[Event], now: Millis) -> Result<usize> {
+    // HubSpot always says whose an event is; one that does not cannot be told apart in a
+    // state of many portals (a batch read in the wrong portal would tombstone it).
+    let (events, anonymous): (Vec<&Event>, Vec<&Event>) =
+        events.iter().partition(|e| e.portal.is_some());
+    if !anonymous.is_empty() {
+        tracing::warn!(
+            events = anonymous.len(),
+            "webhook events without a portalId were dropped: a state of many portals cannot tell whose they are"
+        );
+    }
     if events.is_empty() {
         return Ok(0);
     }
@@ -70,9 +80,9 @@ pub async fn enqueue(tx: &Transaction<'_>, events: &[Event], now: Millis) -> Res
     Ok(usize::try_from(new).unwrap_or(usize::MAX))
 }
 
-/// Claims up to `limit` of `portal`'s events due at `now` (and those without a portal),
-/// oldest `occurredAt` first, leaving out the object types in `skip` and events another
-/// worker holds.
+/// Claims up to `limit` of `portal`'s events due at `now`, oldest `occurredAt` first,
+/// leaving out the object types in `skip` and events another worker holds. Claims are
+/// timed by the server's clock, so a worker whose clock runs ahead takes no other's.
 pub async fn claim(
     tx: &Transaction<'_>,
     portal: i64,
@@ -81,11 +91,13 @@ pub async fn claim(
     skip: &[String],
 ) -> Result<Vec<Queued>> {
     let sql = format!(
-        "UPDATE martech_sync.webhook_events SET claimed_until = $1 + {LEASE_MS}
+        "WITH server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS now)
+         UPDATE martech_sync.webhook_events SET claimed_until = (SELECT now FROM server) + {LEASE_MS}
          WHERE key IN (
              SELECT key FROM martech_sync.webhook_events
-             WHERE state = 'queued' AND next_attempt_ms <= $1 AND claimed_until <= $1
-               AND (portal_id = $2 OR portal_id IS NULL) AND NOT (object = ANY($3))
+             WHERE state = 'queued' AND next_attempt_ms <= $1
+               AND claimed_until <= (SELECT now FROM server)
+               AND portal_id = $2 AND NOT (object = ANY($3))
              ORDER BY occurred_ms, key LIMIT $4
              FOR UPDATE SKIP LOCKED)
          RETURNING {COLUMNS}"
@@ -106,6 +118,23 @@ pub async fn claim(
     Ok(out)
 }
 
+/// Binds `portal`'s queue to `destination` on first use; returns the one it is bound to.
+pub async fn bind(tx: &Transaction<'_>, portal: i64, destination: &str) -> Result<String> {
+    let key = format!("queue-of:{portal}");
+    tx.execute(
+        "INSERT INTO martech_sync.meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        &[&key, &destination],
+    )
+    .await?;
+    Ok(tx
+        .query_one(
+            "SELECT value FROM martech_sync.meta WHERE key = $1",
+            &[&key],
+        )
+        .await?
+        .get(0))
+}
+
 /// Ends the claim on `keys` without counting an attempt.
 pub async fn release(tx: &Transaction<'_>, keys: &[String]) -> Result<()> {
     tx.execute(
@@ -119,7 +148,7 @@ pub async fn release(tx: &Transaction<'_>, keys: &[String]) -> Result<()> {
 pub async fn dead(c: &Client, portal: Option<i64>) -> Result<Vec<Queued>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM martech_sync.webhook_events
-         WHERE state = 'dead' AND ($1::BIGINT IS NULL OR portal_id = $1 OR portal_id IS NULL)
+         WHERE state = 'dead' AND ($1::BIGINT IS NULL OR portal_id = $1)
          ORDER BY occurred_ms, key"
     );
     Ok(c.query(&sql, &[&portal])
@@ -177,7 +206,7 @@ pub async fn retry_dead(tx: &Transaction<'_>, portal: Option<i64>) -> Result<usi
         .execute(
             "UPDATE martech_sync.webhook_events
              SET state = 'queued', attempts = 0, next_attempt_ms = 0, claimed_until = 0
-             WHERE state = 'dead' AND ($1::BIGINT IS NULL OR portal_id = $1 OR portal_id IS NULL)",
+             WHERE state = 'dead' AND ($1::BIGINT IS NULL OR portal_id = $1)",
             &[&portal],
         )
         .await?;
@@ -192,7 +221,7 @@ pub async fn depth(c: &Client, portal: Option<i64>) -> Result<QueueDepth> {
                     MIN(GREATEST(received_ms, next_attempt_ms))
                         FILTER (WHERE state = 'queued' AND next_attempt_ms <= $1)
              FROM martech_sync.webhook_events
-             WHERE $2::BIGINT IS NULL OR portal_id = $2 OR portal_id IS NULL",
+             WHERE $2::BIGINT IS NULL OR portal_id = $2",
             &[&Millis::now().0, &portal],
         )
         .await?;
