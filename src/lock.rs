@@ -77,13 +77,31 @@ enum Held {
     Session(tokio_postgres::Client, Released),
 }
 
-/// Set when a session lock is let go on purpose.
-struct Released(Arc<AtomicBool>);
+/// Set when a session lock is let go on purpose; the session's backend pid leaves
+/// [`own_sessions`] with it.
+struct Released(Arc<AtomicBool>, i32);
 
 impl Drop for Released {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
+        let mut own = OWN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = own.iter().position(|pid| *pid == self.1) {
+            own.swap_remove(at);
+        }
     }
+}
+
+/// The backend pids of this process's lock sessions.
+static OWN: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// The server's backend pids of the sessions holding this process's advisory locks: a
+/// lock held by any other session is another process's (see `state::postgres::fence`).
+pub fn own_sessions() -> Vec<i32> {
+    OWN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 impl std::fmt::Debug for ObjectLock {
@@ -119,6 +137,13 @@ pub async fn lock(
             let id = advisory_id(portal, object.as_str(), destination.key());
             match advisory(url, id).await? {
                 Ok((session, ended)) => {
+                    let backend: i32 = session
+                        .query_one("SELECT pg_backend_pid()", &[])
+                        .await?
+                        .get(0);
+                    OWN.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(backend);
                     let released = Arc::new(AtomicBool::new(false));
                     let watch = Arc::clone(&released);
                     let stop = stop.cloned();
@@ -136,7 +161,7 @@ pub async fn lock(
                         }
                     });
                     Ok(ObjectLock {
-                        _held: Held::Session(session, Released(released)),
+                        _held: Held::Session(session, Released(released, backend)),
                     })
                 }
                 Err(holder) => Err(LockHeld {
