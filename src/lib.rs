@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match &config.command {
             CommandConfig::Poll(poll) => command::poll::run(&config.db, poll).await,
             CommandConfig::Status(status) => {
@@ -105,5 +105,15 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             CommandConfig::Verify(verify) => command::verify::run(&config.db, verify).await,
         }
-    })
+    });
+    // A lock lost under a run stops it as a signal would; it must not exit 0 (a
+    // `serve` or `--interval` run would otherwise end "cleanly", and not be restarted).
+    let stopped = match &result {
+        Ok(()) => true,
+        Err(e) => e.is::<command::poll::Interrupted>(),
+    };
+    if stopped && lock::lost_any() {
+        return Err(lock::LockSessionEnded.into());
+    }
+    result
 }

@@ -74,7 +74,8 @@ pub struct ObjectLock {
 #[expect(dead_code, reason = "held only to be dropped")]
 enum Held {
     File(File),
-    Session(tokio_postgres::Client, Released),
+    // Fields drop in order: the flag is set before the client ends the session.
+    Session(Released, tokio_postgres::Client),
 }
 
 /// Set when a session lock is let go on purpose; the session's backend pid leaves
@@ -95,6 +96,35 @@ impl Drop for Released {
 
 /// The backend pids of this process's lock sessions.
 static OWN: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// The advisory lock ids whose session ended while this process held them.
+static LOST: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether this process lost the lock `id` (its session ended under it) and has not
+/// taken it again since.
+pub fn lost(id: i64) -> bool {
+    LOST.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&id)
+}
+
+/// Whether this process lost any lock: it then exits non-zero, whatever its command
+/// made of the stop (see `lib.rs`).
+pub fn lost_any() -> bool {
+    !LOST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_empty()
+}
+
+/// This process lost the lock of a sync (its Postgres session ended under it) and
+/// stopped. Exits 1: the next run resumes.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stopped: the lock of a sync was lost (its Postgres session ended: a server restart, or an \
+     administrator); the next run resumes where this one stopped"
+)]
+pub struct LockSessionEnded;
 
 /// The server's backend pids of the sessions holding this process's advisory locks: a
 /// lock held by any other session is another process's (see `state::postgres::fence`).
@@ -137,6 +167,9 @@ pub async fn lock(
             let id = advisory_id(portal, object.as_str(), destination.key());
             match advisory(url, id).await? {
                 Ok((session, ended)) => {
+                    LOST.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .retain(|lost| *lost != id);
                     let backend: i32 = session
                         .query_one("SELECT pg_backend_pid()", &[])
                         .await?
@@ -151,6 +184,9 @@ pub async fn lock(
                     tokio::spawn(async move {
                         let _ = ended.await;
                         if !watch.load(Ordering::SeqCst) {
+                            LOST.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(id);
                             tracing::error!(
                                 "lost the lock of {what}: its Postgres session ended (the server \
                                  restarted, or the session was ended); stopping at the next page"
@@ -161,7 +197,7 @@ pub async fn lock(
                         }
                     });
                     Ok(ObjectLock {
-                        _held: Held::Session(session, Released(released, backend)),
+                        _held: Held::Session(Released(released, backend), session),
                     })
                 }
                 Err(holder) => Err(LockHeld {

@@ -902,6 +902,11 @@ pub async fn open_state(
 ) -> Result<(State, Option<u64>)> {
     let state = crate::state::open(db).await?;
     if db.file().is_some() {
+        if let Some(portal) = client.expected_portal() {
+            tracing::warn!(
+                "--portal {portal} is not checked: a state file keeps one portal's syncs (--portal is for a postgres:// --db)"
+            );
+        }
         return Ok((state, None));
     }
     let portal = portal(client, &state).await?;
@@ -929,7 +934,9 @@ pub async fn portal(client: &Client, state: &State) -> Result<u64> {
 
 /// `--portal` names another portal than the token's. Exits 78.
 #[derive(Debug, thiserror::Error)]
-#[error("--portal {expected}: the token belongs to HubSpot portal {portal}")]
+#[error(
+    "--portal (or MARTECH_SYNC_PORTAL) {expected}: the token belongs to HubSpot portal {portal}"
+)]
 pub struct WrongPortal {
     expected: u64,
     portal: u64,
@@ -1219,7 +1226,9 @@ where
                 pending.0 = None;
                 return Ok(());
             }
-            Err(e) if attempt < RECORD_TRIES => {
+            // A lost lock does not come back by waiting: another run goes on from the
+            // checkpoint.
+            Err(e) if attempt < RECORD_TRIES && !e.is::<crate::state::postgres::LockLost>() => {
                 tracing::warn!(%object, attempt, error = %format!("{e:#}"),
                     "the sink has the records but the state could not record them; retrying");
                 tokio::time::sleep(wait).await;

@@ -362,3 +362,40 @@ async fn a_run_whose_lock_session_ends_stops_and_the_next_one_resumes() {
         .summary();
     assert_eq!(rerun["resumed"], true, "{rerun}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_whose_poll_lock_session_ends_exits_non_zero() {
+    let env = Env::contacts(200).await;
+    let db = server().database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_on(&env, &["--sink", &db.url, "--poll", "contacts"], |cmd| {
+        on(cmd, &db, dir.path())
+    })
+    .await;
+    // A server restart or an administrator ends the lock's session.
+    let client = db.client().await;
+    let started = Instant::now();
+    loop {
+        let ended: i64 = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name LIKE 'martech-sync pid %' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if ended == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no lock session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = serve.exited(Duration::from_secs(15)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the lock of a sync was lost"), "{stderr}");
+}

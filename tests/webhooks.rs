@@ -85,6 +85,14 @@ impl Serve {
         self.post(body, SECRET, &self.hook(), Millis::now().0).await
     }
 
+    /// How it exited, which it must within `limit`.
+    pub(crate) async fn exited(self, limit: Duration) -> std::process::Output {
+        tokio::time::timeout(limit, self.child.wait_with_output())
+            .await
+            .expect("serve exits in time")
+            .unwrap()
+    }
+
     /// SIGTERM, then checks the exit code and that no secret was printed.
     pub(crate) async fn stop(self) {
         crate::support::sigterm(&self.child).await;
@@ -99,6 +107,10 @@ impl Serve {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!printed.contains(SECRET), "the client secret was printed");
+        assert!(
+            !printed.contains("lost the lock"),
+            "a healthy serve said it lost a lock: {printed}"
+        );
         assert!(
             !printed.contains(crate::support::TOKEN),
             "the token was printed"

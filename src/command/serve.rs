@@ -83,6 +83,7 @@ pub async fn run(db: &Location, config: &ServeConfig) -> Result<()> {
     let bound = engine_state.bind_queue(destination.key()).await?;
     if bound != destination.key() {
         return Err(QueueBound {
+            portal: portal.unwrap_or_default(),
             state: engine_state.describe(),
             bound,
             destination: destination.key().to_owned(),
@@ -218,10 +219,12 @@ pub async fn run(db: &Location, config: &ServeConfig) -> Result<()> {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the webhook queue of {state} feeds destination {bound}, and this serve delivers to \
-     {destination}: every serve of a portal must deliver to one destination (stop them all and \
-     delete the `queue-of:` row of martech_sync.meta to move it)"
+     {destination}: every serve of a portal delivers to one destination (give that one with \
+     --sink or --destination; to move the queue, stop every serve of the portal and run \
+     DELETE FROM martech_sync.meta WHERE key = 'queue-of:{portal}')"
 )]
 pub struct QueueBound {
+    portal: u64,
     state: String,
     bound: String,
     destination: String,

@@ -11,8 +11,8 @@ use crate::state::SyncId;
 /// Another process holds the lock of the sync this run is recording. Exits 75.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "lost the lock of {object} to {destination}: another martech-sync run ({holder}) holds it \
-     now; this run's last page is not recorded, and that run goes on from the checkpoint"
+    "lost the lock of {object} to {destination} (holder now: {holder}); this run's last page \
+     is not recorded, and the next run goes on from the checkpoint"
 )]
 pub struct LockLost {
     object: String,
@@ -20,7 +20,8 @@ pub struct LockLost {
     holder: String,
 }
 
-/// Fails with [`LockLost`] when a session of another process holds the lock of `sync`.
+/// Fails with [`LockLost`] when this process lost the lock of `sync` (its session
+/// ended) or a session of another process holds it.
 /// One look at `pg_locks` for the sync's key, leaving out this process's own lock
 /// sessions (a fraction of a millisecond; who the other holder is is asked only then).
 pub async fn fence(tx: &Transaction<'_>, sync: SyncId) -> Result<()> {
@@ -32,6 +33,14 @@ pub async fn fence(tx: &Transaction<'_>, sync: SyncId) -> Result<()> {
         .await?;
     let (portal, object, destination): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
     let id = crate::lock::advisory_id(u64::try_from(portal).ok(), &object, &destination);
+    if crate::lock::lost(id) {
+        return Err(LockLost {
+            object,
+            destination,
+            holder: "none: this run's lock session ended".to_owned(),
+        }
+        .into());
+    }
     let (high, low) = crate::lock::lock_bits(id);
     let other: Option<i32> = tx
         .query_opt(

@@ -39,8 +39,9 @@ fn queued(r: &Row) -> Queued {
 pub async fn enqueue(tx: &Transaction<'_>, events: &[Event], now: Millis) -> Result<usize> {
     // HubSpot always says whose an event is; one that does not cannot be told apart in a
     // state of many portals (a batch read in the wrong portal would tombstone it).
-    let (events, anonymous): (Vec<&Event>, Vec<&Event>) =
-        events.iter().partition(|e| e.portal.is_some());
+    let (events, anonymous): (Vec<&Event>, Vec<&Event>) = events
+        .iter()
+        .partition(|e| e.portal.is_some_and(|p| i64::try_from(p).is_ok()));
     if !anonymous.is_empty() {
         tracing::warn!(
             events = anonymous.len(),
