@@ -376,10 +376,16 @@ async fn a_claimed_event_goes_to_one_worker_until_released() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        one.due_events(Millis(100), 10, &[]).await.unwrap().len(),
-        10
-    );
+    let all = one.due_events(Millis(100), 10, &[]).await.unwrap();
+    assert_eq!(all.len(), 10);
+    // A retry an hour out (by the server's clock) is not due; the others are again.
+    let keys: Vec<String> = all.iter().map(|e| e.key.clone()).collect();
+    one.release_events(&keys).await.unwrap();
+    let hour = Millis(Millis::now().0 + 3_600_000);
+    one.events_failed(&keys[..1], "later", hour, 5)
+        .await
+        .unwrap();
+    assert_eq!(two.due_events(Millis(100), 10, &[]).await.unwrap().len(), 9);
     // An event that does not say its portal cannot be told apart: dropped.
     let mut anonymous = event(11, 11, PORTAL);
     anonymous.portal = None;

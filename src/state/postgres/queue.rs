@@ -18,6 +18,10 @@ use crate::webhook::event::Event;
 /// keeps a version from being handed over twice.
 const LEASE_MS: i64 = 60_000;
 
+/// The server's clock in epoch ms: the queue's times (retries, leases, received) are
+/// all by it, so that workers on machines whose clocks disagree agree on what is due.
+const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
+
 const COLUMNS: &str =
     "key, object, object_id, kind, occurred_ms, attempts, last_error, merged_into";
 
@@ -36,7 +40,7 @@ fn queued(r: &Row) -> Queued {
     }
 }
 
-pub async fn enqueue(tx: &Transaction<'_>, events: &[Event], now: Millis) -> Result<usize> {
+pub async fn enqueue(tx: &Transaction<'_>, events: &[Event], _now: Millis) -> Result<usize> {
     // HubSpot always says whose an event is; one that does not cannot be told apart in a
     // state of many portals (a batch read in the wrong portal would tombstone it).
     let (events, anonymous): (Vec<&Event>, Vec<&Event>) = events
@@ -51,17 +55,19 @@ pub async fn enqueue(tx: &Transaction<'_>, events: &[Event], now: Millis) -> Res
     if events.is_empty() {
         return Ok(0);
     }
+    let sql = format!(
+        "INSERT INTO martech_sync.webhook_events
+             (key, portal_id, object, object_id, kind, occurred_ms, received_ms, merged_into)
+         SELECT u.key, u.portal, u.object, u.id, u.kind, u.occurred, {SERVER_NOW}, u.merged
+         FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[],
+                     $6::BIGINT[], $7::BIGINT[])
+              AS u(key, portal, object, id, kind, occurred, merged)
+         ON CONFLICT (key) DO NOTHING"
+    );
     let new = tx
         .execute(
-            "INSERT INTO martech_sync.webhook_events
-                 (key, portal_id, object, object_id, kind, occurred_ms, received_ms, merged_into)
-             SELECT u.key, u.portal, u.object, u.id, u.kind, u.occurred, $1, u.merged
-             FROM unnest($2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[],
-                         $7::BIGINT[], $8::BIGINT[])
-                  AS u(key, portal, object, id, kind, occurred, merged)
-             ON CONFLICT (key) DO NOTHING",
+            &sql,
             &[
-                &now.0,
                 &events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
                 &events
                     .iter()
@@ -81,37 +87,31 @@ pub async fn enqueue(tx: &Transaction<'_>, events: &[Event], now: Millis) -> Res
     Ok(usize::try_from(new).unwrap_or(usize::MAX))
 }
 
-/// Claims up to `limit` of `portal`'s events due at `now`, oldest `occurredAt` first,
-/// leaving out the object types in `skip` and events another worker holds. Claims are
-/// timed by the server's clock, so a worker whose clock runs ahead takes no other's.
+/// Claims up to `limit` of `portal`'s events due now by the server's clock, oldest
+/// `occurredAt` first, leaving out the object types in `skip` and events another worker
+/// holds.
 pub async fn claim(
     tx: &Transaction<'_>,
     portal: i64,
-    now: Millis,
     limit: usize,
     skip: &[String],
 ) -> Result<Vec<Queued>> {
     let sql = format!(
-        "WITH server AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS now)
+        "WITH server AS (SELECT {SERVER_NOW} AS now)
          UPDATE martech_sync.webhook_events SET claimed_until = (SELECT now FROM server) + {LEASE_MS}
          WHERE key IN (
              SELECT key FROM martech_sync.webhook_events
-             WHERE state = 'queued' AND next_attempt_ms <= $1
+             WHERE state = 'queued' AND next_attempt_ms <= (SELECT now FROM server)
                AND claimed_until <= (SELECT now FROM server)
-               AND portal_id = $2 AND NOT (object = ANY($3))
-             ORDER BY occurred_ms, key LIMIT $4
+               AND portal_id = $1 AND NOT (object = ANY($2))
+             ORDER BY occurred_ms, key LIMIT $3
              FOR UPDATE SKIP LOCKED)
          RETURNING {COLUMNS}"
     );
     let rows = tx
         .query(
             &sql,
-            &[
-                &now.0,
-                &portal,
-                &skip,
-                &i64::try_from(limit).unwrap_or(i64::MAX),
-            ],
+            &[&portal, &skip, &i64::try_from(limit).unwrap_or(i64::MAX)],
         )
         .await?;
     let mut out: Vec<Queued> = rows.iter().map(queued).collect();
@@ -176,15 +176,21 @@ pub async fn failed(
     retry_at: Millis,
     max_attempts: u32,
 ) -> Result<()> {
-    tx.execute(
+    // The backoff, not the worker's instant, goes to the server's clock.
+    let delay = retry_at.0.saturating_sub(Millis::now().0).max(0);
+    let sql = format!(
         "UPDATE martech_sync.webhook_events
-         SET attempts = attempts + 1, last_error = $2, next_attempt_ms = $3, claimed_until = 0,
+         SET attempts = attempts + 1, last_error = $2, next_attempt_ms = {SERVER_NOW} + $3,
+             claimed_until = 0,
              state = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE 'queued' END
-         WHERE key = ANY($1) AND state = 'queued'",
+         WHERE key = ANY($1) AND state = 'queued'"
+    );
+    tx.execute(
+        &sql,
         &[
             &keys,
             &error,
-            &retry_at.0,
+            &delay,
             &i32::try_from(max_attempts).unwrap_or(i32::MAX),
         ],
     )
@@ -215,17 +221,15 @@ pub async fn retry_dead(tx: &Transaction<'_>, portal: Option<i64>) -> Result<usi
 }
 
 pub async fn depth(c: &Client, portal: Option<i64>) -> Result<QueueDepth> {
-    let row = c
-        .query_one(
-            "SELECT COUNT(*) FILTER (WHERE state = 'queued'),
-                    COUNT(*) FILTER (WHERE state = 'dead'),
-                    MIN(GREATEST(received_ms, next_attempt_ms))
-                        FILTER (WHERE state = 'queued' AND next_attempt_ms <= $1)
-             FROM martech_sync.webhook_events
-             WHERE $2::BIGINT IS NULL OR portal_id = $2",
-            &[&Millis::now().0, &portal],
-        )
-        .await?;
+    let sql = format!(
+        "SELECT COUNT(*) FILTER (WHERE state = 'queued'),
+                COUNT(*) FILTER (WHERE state = 'dead'),
+                MIN(GREATEST(received_ms, next_attempt_ms))
+                    FILTER (WHERE state = 'queued' AND next_attempt_ms <= {SERVER_NOW})
+         FROM martech_sync.webhook_events
+         WHERE $1::BIGINT IS NULL OR portal_id = $1"
+    );
+    let row = c.query_one(&sql, &[&portal]).await?;
     Ok(QueueDepth {
         queued: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
         dead: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
