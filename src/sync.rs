@@ -1162,7 +1162,6 @@ impl Scan<'_> {
         let merged = merge_tombstones(self.state, self.sink, self.sync, object, &fresh).await?;
         let skipped = page.records.len() - fresh.len();
         let delivered: Vec<&Record> = fresh.into_iter().chain(&merged).collect();
-        self.sink.deliver(object, &delivered).await?;
         let first = report.pages == 0 && !report.resumed;
         let checkpoint = Checkpoint {
             slice,
@@ -1171,11 +1170,21 @@ impl Scan<'_> {
             records: page.records.len() as u64,
             total: page.total.filter(|_| first),
         };
-        let (state, table) = (self.state, self.sink.records_table());
-        record_after_delivery(object, || {
-            state.commit_page(self.sync, self.pass, checkpoint, &delivered, table)
-        })
-        .await?;
+        match (&mut *self.sink, self.state.postgres()) {
+            // Rows and checkpoint in one database: one transaction.
+            (Sink::Postgres(sink), Some(state)) if sink.shares(state) => {
+                sink.deliver_and_checkpoint(object, &delivered, self.sync, self.pass, checkpoint)
+                    .await?;
+            }
+            _ => {
+                self.sink.deliver(object, &delivered).await?;
+                let (state, table) = (self.state, self.sink.records_table());
+                record_after_delivery(object, || {
+                    state.commit_page(self.sync, self.pass, checkpoint, &delivered, table)
+                })
+                .await?;
+            }
+        }
         report.pages += 1;
         report.seen += page.records.len() as u64;
         report.delivered += delivered.len() as u64;

@@ -399,3 +399,69 @@ async fn a_serve_whose_poll_lock_session_ends_exits_non_zero() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the lock of a sync was lost"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_and_their_checkpoint_commit_together_in_one_database() {
+    let env = Env::contacts(3_000).await;
+    let db = server().database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let poll = |extra: &[&str]| {
+        let mut args = vec!["poll", "contacts", "--settle", "0s", "--sink", &db.url];
+        args.extend_from_slice(extra);
+        on(env.cmd(&args), &db, dir.path())
+    };
+    poll(&["--until", "2024-01-01T00:00:01Z"])
+        .run()
+        .await
+        .success();
+    on(
+        env.cmd(&["cursor", "reset", "contacts", "--sink", &db.url, "--yes"]),
+        &db,
+        dir.path(),
+    )
+    .run()
+    .await
+    .success();
+    // The state refuses the checkpoint of the page past id 1,000: the rows of that
+    // page must not stay behind without it.
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "TRUNCATE hubspot.contacts;
+             CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'checkpoint refused'; END $$;
+             CREATE TRIGGER refuse BEFORE UPDATE ON martech_sync.slices
+                 FOR EACH ROW WHEN (NEW.last_id > 1000) EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let failed = poll(&["--json"]).run().await;
+    assert_ne!(failed.code, Some(0), "{}", failed.stderr);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM hubspot.contacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let seen: i64 = client
+        .query_one(
+            "SELECT seen FROM martech_sync.windows WHERE pass = 'main'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(rows > 0 && rows == seen, "{rows} rows, {seen} checkpointed");
+    // Without the obstacle the run goes on from there and writes every row once.
+    client
+        .batch_execute("DROP TRIGGER refuse ON martech_sync.slices")
+        .await
+        .unwrap();
+    let summary = poll(&["--json"]).run().await.success().summary();
+    assert_eq!(summary["resumed"], true, "{summary}");
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM hubspot.contacts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 3_000);
+}

@@ -24,7 +24,7 @@ use tokio_postgres::Statement;
 use crate::object::ObjectType;
 use crate::postgres::PgUrl;
 use crate::record::{Record, RecordId};
-use crate::state::{Held, LedgerEntry};
+use crate::state::{Checkpoint, Held, LedgerEntry, Pass, RecordsTable, SyncId};
 
 use super::SinkUnusable;
 
@@ -99,6 +99,9 @@ pub fn table_name(object: &ObjectType) -> String {
 /// An open Postgres sink.
 pub struct PostgresSink {
     client: tokio_postgres::Client,
+    /// The server and database (its display form): where a Postgres state may share
+    /// the transaction.
+    database: String,
     /// `postgres://user@host:port/db (schema s)`, for messages.
     shown: String,
     schema: String,
@@ -132,6 +135,7 @@ impl PostgresSink {
         })?;
         Ok(PostgresSink {
             client,
+            database: target.url.to_string(),
             shown,
             schema: target.schema.clone(),
             portal: i64::try_from(portal).context("a portal id past 2^63")?,
@@ -185,6 +189,72 @@ impl PostgresSink {
                     format!("writing {} rows to {}", records.len(), table_name(object))
                 })
             })?;
+        Ok(())
+    }
+
+    /// Whether `state` is in this sink's database (same server, user, database and TLS
+    /// settings).
+    pub fn shares(&self, state: &PgUrl) -> bool {
+        self.database == state.to_string()
+    }
+
+    /// Writes `records` and records the page in the state (its fence, versions and
+    /// checkpoint) in one transaction: a kill -9 leaves both or neither.
+    ///
+    /// # Errors
+    /// When either fails: then nothing of the page is written.
+    pub async fn deliver_and_checkpoint(
+        &mut self,
+        object: &ObjectType,
+        records: &[&Record],
+        sync: SyncId,
+        pass: Pass,
+        checkpoint: Checkpoint,
+    ) -> Result<()> {
+        let portal = self.portal;
+        let upsert = self.table(object).await?.upsert.clone();
+        let rows = Rows::of(records)?;
+        let shown = self.shown.clone();
+        let tx = self.client.transaction().await?;
+        if !records.is_empty() {
+            tx.execute(
+                &upsert,
+                &[
+                    &portal,
+                    &rows.ids,
+                    &rows.modified,
+                    &rows.archived,
+                    &rows.properties,
+                    &rows.created,
+                    &rows.archived_at,
+                    &rows.merged_into,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                unusable(&shown, e.into(), || {
+                    format!("writing {} rows to {}", records.len(), table_name(object))
+                })
+            })?;
+        }
+        crate::state::postgres::record_page(
+            &tx,
+            sync,
+            pass,
+            checkpoint,
+            records,
+            RecordsTable::Skip,
+        )
+        .await?;
+        tx.commit().await.map_err(|e| {
+            unusable(&shown, e.into(), || {
+                format!(
+                    "committing {} rows to {}",
+                    records.len(),
+                    table_name(object)
+                )
+            })
+        })?;
         Ok(())
     }
 

@@ -306,6 +306,12 @@ pub trait Storage: Send + std::marker::Sync {
     /// What this state is, for messages: `state file /srv/state.db`.
     fn describe(&self) -> String;
 
+    /// The database of a Postgres state: a postgres sink in the same one records each
+    /// page's checkpoint in the transaction that writes its rows.
+    fn postgres(&self) -> Option<&crate::postgres::PgUrl> {
+        None
+    }
+
     /// This state narrowed to `portal`, when it keeps many portals (Postgres); `None`
     /// when it is one portal's already (a SQLite file).
     fn for_portal(&self, _portal: u64) -> Option<State> {

@@ -252,6 +252,10 @@ impl Storage for Postgres {
         }
     }
 
+    fn postgres(&self) -> Option<&PgUrl> {
+        Some(&self.url)
+    }
+
     fn for_portal(&self, portal: u64) -> Option<State> {
         Some(Arc::new(Postgres {
             url: self.url.clone(),
@@ -315,11 +319,7 @@ impl Storage for Postgres {
         delivered: &[&Record],
         records: RecordsTable,
     ) -> Result<()> {
-        in_tx!(self, tx => {
-            fence::fence(&tx, sync).await?;
-            ledger::remember(&tx, sync, delivered, records).await?;
-            windows::checkpoint(&tx, sync, pass, checkpoint).await?
-        })
+        in_tx!(self, tx => record_page(&tx, sync, pass, checkpoint, delivered, records).await?)
     }
 
     async fn commit_window(
@@ -492,6 +492,25 @@ impl Storage for Postgres {
     async fn check_writable(&self) -> Result<()> {
         in_tx!(self, tx => queue::heartbeat(&tx).await?)
     }
+}
+
+/// Records a confirmed page in `tx`: the fence, the versions delivered and the slice's
+/// checkpoint. `tx` may be another connection's to the same database: the postgres
+/// sink's, so that a page's rows and their checkpoint commit as one.
+///
+/// # Errors
+/// [`LockLost`], or on database errors; then nothing of the page is written.
+pub async fn record_page(
+    tx: &tokio_postgres::Transaction<'_>,
+    sync: SyncId,
+    pass: Pass,
+    checkpoint: Checkpoint,
+    delivered: &[&Record],
+    records: RecordsTable,
+) -> Result<()> {
+    fence::fence(tx, sync).await?;
+    ledger::remember(tx, sync, delivered, records).await?;
+    windows::checkpoint(tx, sync, pass, checkpoint).await
 }
 
 /// Record ids as Postgres stores them (HubSpot's are far below 2^63).
