@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
-use tokio_postgres::Statement;
+use tokio_postgres::{GenericClient, Statement};
 
 use crate::object::ObjectType;
 use crate::postgres::PgUrl;
@@ -165,31 +165,16 @@ impl PostgresSink {
     /// # Errors
     /// When the statement fails: then nothing of it is written.
     pub async fn deliver(&mut self, object: &ObjectType, records: &[&Record]) -> Result<()> {
-        let portal = self.portal;
         let upsert = self.table(object).await?.upsert.clone();
-        let rows = Rows::of(records)?;
-        let shown = &self.shown;
-        self.client
-            .execute(
-                &upsert,
-                &[
-                    &portal,
-                    &rows.ids,
-                    &rows.modified,
-                    &rows.archived,
-                    &rows.properties,
-                    &rows.created,
-                    &rows.archived_at,
-                    &rows.merged_into,
-                ],
-            )
-            .await
-            .map_err(|e| {
-                unusable(shown, e.into(), || {
-                    format!("writing {} rows to {}", records.len(), table_name(object))
-                })
-            })?;
-        Ok(())
+        write_rows(
+            &self.client,
+            &upsert,
+            self.portal,
+            &self.shown,
+            object,
+            records,
+        )
+        .await
     }
 
     /// Whether `state` is in this sink's database (same server, user, database and TLS
@@ -211,31 +196,10 @@ impl PostgresSink {
         pass: Pass,
         checkpoint: Checkpoint,
     ) -> Result<()> {
-        let portal = self.portal;
         let upsert = self.table(object).await?.upsert.clone();
-        let rows = Rows::of(records)?;
-        let shown = self.shown.clone();
         let tx = self.client.transaction().await?;
         if !records.is_empty() {
-            tx.execute(
-                &upsert,
-                &[
-                    &portal,
-                    &rows.ids,
-                    &rows.modified,
-                    &rows.archived,
-                    &rows.properties,
-                    &rows.created,
-                    &rows.archived_at,
-                    &rows.merged_into,
-                ],
-            )
-            .await
-            .map_err(|e| {
-                unusable(&shown, e.into(), || {
-                    format!("writing {} rows to {}", records.len(), table_name(object))
-                })
-            })?;
+            write_rows(&tx, &upsert, self.portal, &self.shown, object, records).await?;
         }
         crate::state::postgres::record_page(
             &tx,
@@ -247,7 +211,7 @@ impl PostgresSink {
         )
         .await?;
         tx.commit().await.map_err(|e| {
-            unusable(&shown, e.into(), || {
+            unusable(&self.shown, e.into(), || {
                 format!(
                     "committing {} rows to {}",
                     records.len(),
@@ -341,6 +305,39 @@ fn unusable(shown: &str, err: anyhow::Error, doing: impl FnOnce() -> String) -> 
     } else {
         err.context(doing())
     }
+}
+
+/// Writes `records` with the table's `upsert`, on a connection or in a transaction.
+async fn write_rows(
+    client: &impl GenericClient,
+    upsert: &Statement,
+    portal: i64,
+    shown: &str,
+    object: &ObjectType,
+    records: &[&Record],
+) -> Result<()> {
+    let rows = Rows::of(records)?;
+    client
+        .execute(
+            upsert,
+            &[
+                &portal,
+                &rows.ids,
+                &rows.modified,
+                &rows.archived,
+                &rows.properties,
+                &rows.created,
+                &rows.archived_at,
+                &rows.merged_into,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            unusable(shown, e.into(), || {
+                format!("writing {} rows to {}", records.len(), table_name(object))
+            })
+        })?;
+    Ok(())
 }
 
 /// A schema whose layout a newer martech-sync wrote.

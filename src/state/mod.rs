@@ -91,12 +91,11 @@ pub fn for_portal(state: State, portal: Option<u64>) -> State {
 /// has one) with the pages checkpointed in it.
 pub(crate) fn sync_status(
     sync: &Sync,
-    portal: Option<u64>,
     open: Option<(Pass, OpenWindow, u64)>,
     last_run: Option<RunReport>,
 ) -> SyncStatus {
     SyncStatus {
-        portal,
+        portal: sync.portal,
         object: sync.object.to_string(),
         destination: sync.destination.key().to_owned(),
         sink: sync.destination.sink().to_owned(),
@@ -141,6 +140,9 @@ pub struct Sync {
     /// What every record the destination holds was delivered with; `None` before the
     /// first run.
     pub properties: Option<PropertySet>,
+    /// The HubSpot portal, in a state that keeps many (Postgres); `None` in a state
+    /// file, which keeps one.
+    pub portal: Option<u64>,
 }
 
 /// What a new sync does with the state a pre-destination file left unassigned.
@@ -173,6 +175,31 @@ impl Pass {
             Pass::Side => "side",
         }
     }
+}
+
+impl Pass {
+    /// The cursor column of `syncs` that committing this pass's window moves, if any.
+    pub(crate) fn cursor_column(self) -> Option<&'static str> {
+        match self {
+            Pass::Main => Some("cursor_ms"),
+            Pass::Recheck => Some("recheck_ms"),
+            Pass::Side => None,
+        }
+    }
+}
+
+/// The last line of defence for the guarantee, for every backend: never move a cursor
+/// past a slice that is not done (`slices` of the window, `open` of them not done).
+///
+/// # Errors
+/// When a slice is not done, or there are none.
+pub(crate) fn all_slices_done(pass: Pass, object: &str, slices: i64, open: i64) -> Result<()> {
+    anyhow::ensure!(
+        slices > 0 && open == 0,
+        "refusing to commit the {} window of {object}: {open} of {slices} slices are not done",
+        pass.as_str(),
+    );
+    Ok(())
 }
 
 /// What a destination holds of one record: the version (its modified time) and whether

@@ -14,7 +14,8 @@ use crate::properties::PropertySet;
 use crate::state::{Pass, Sync, SyncId};
 use crate::timestamp::Millis;
 
-const COLUMNS: &str = "id, object, destination, sink, cursor_ms, recheck_ms, swept_ms, properties";
+const COLUMNS: &str =
+    "id, object, destination, sink, cursor_ms, recheck_ms, swept_ms, properties, portal_id";
 
 fn from_row(r: &Row) -> Sync {
     let object: String = r.get(1);
@@ -29,6 +30,7 @@ fn from_row(r: &Row) -> Sync {
         recheck: r.get::<_, Option<i64>>(5).map(Millis),
         swept: r.get::<_, Option<i64>>(6).map(Millis),
         properties: properties.as_deref().and_then(PropertySet::from_stored),
+        portal: u64::try_from(r.get::<_, i64>(8)).ok(),
     }
 }
 

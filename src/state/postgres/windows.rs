@@ -183,17 +183,8 @@ pub async fn commit(
         )
         .await?;
     let (slices, open): (i64, i64) = (row.get(0), row.get(1));
-    anyhow::ensure!(
-        slices > 0 && open == 0,
-        "refusing to commit the {} window of {}: {open} of {slices} slices are not done",
-        pass.as_str(),
-        report.object
-    );
-    let column = match pass {
-        Pass::Main => Some("cursor_ms"),
-        Pass::Recheck => Some("recheck_ms"),
-        Pass::Side => None,
-    };
+    crate::state::all_slices_done(pass, &report.object, slices, open)?;
+    let column = pass.cursor_column();
     if let (Some(column), Some(to)) = (column, to) {
         tx.execute(
             &format!("UPDATE martech_sync.syncs SET {column} = $2 WHERE id = $1"),
@@ -278,20 +269,9 @@ fn slice_index(index: u32) -> i32 {
 
 /// Where every sync of `portal` (of every portal for `None`) stands.
 pub async fn status(c: &Client, portal: Option<i64>) -> Result<Vec<SyncStatus>> {
-    let rows = c
-        .query(
-            "SELECT id, portal_id FROM martech_sync.syncs
-             WHERE ($1::BIGINT IS NULL OR portal_id = $1) ORDER BY portal_id, object, destination",
-            &[&portal],
-        )
-        .await?;
     let syncs = super::syncs::all(c, portal, None).await?;
     let mut out = Vec::with_capacity(syncs.len());
     for sync in syncs {
-        let portal = rows
-            .iter()
-            .find(|r| r.get::<_, i64>(0) == sync.id.0)
-            .and_then(|r| u64::try_from(r.get::<_, i64>(1)).ok());
         let mut open = None;
         for pass in [Pass::Main, Pass::Side, Pass::Recheck] {
             if let Some((window, pages)) = open_with_pages(c, sync.id, pass).await? {
@@ -312,7 +292,7 @@ pub async fn status(c: &Client, portal: Option<i64>) -> Result<Vec<SyncStatus>> 
                 report.outcome = Outcome::parse(r.get(0));
                 Some(report)
             });
-        out.push(crate::state::sync_status(&sync, portal, open, last_run));
+        out.push(crate::state::sync_status(&sync, open, last_run));
     }
     Ok(out)
 }

@@ -22,7 +22,7 @@ pub fn all(conn: &Connection) -> Result<Vec<SyncStatus>> {
                 }
             }
             let last_run = last_run(conn, sync.id.0, sync.destination.key())?;
-            Ok(crate::state::sync_status(&sync, None, open, last_run))
+            Ok(crate::state::sync_status(&sync, open, last_run))
         })
         .collect()
 }

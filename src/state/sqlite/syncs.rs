@@ -29,6 +29,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Sync> {
         recheck: r.get::<_, Option<i64>>(5)?.map(Millis),
         swept: r.get::<_, Option<i64>>(6)?.map(Millis),
         properties: properties.as_deref().and_then(PropertySet::from_stored),
+        portal: None,
     })
 }
 

@@ -169,17 +169,8 @@ pub fn commit(
         params![sync.0, pass.as_str()],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    anyhow::ensure!(
-        slices > 0 && open == 0,
-        "refusing to commit the {} window of {}: {open} of {slices} slices are not done",
-        pass.as_str(),
-        report.object
-    );
-    let column = match pass {
-        Pass::Main => Some("cursor_ms"),
-        Pass::Recheck => Some("recheck_ms"),
-        Pass::Side => None,
-    };
+    crate::state::all_slices_done(pass, &report.object, slices, open)?;
+    let column = pass.cursor_column();
     if let (Some(column), Some(to)) = (column, to) {
         tx.execute(
             &format!("UPDATE syncs SET {column} = ?2 WHERE id = ?1"),
