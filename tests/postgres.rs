@@ -198,25 +198,6 @@ async fn a_wrong_password_is_one_line_and_moves_no_cursor() {
     assert!(bad.error_line().contains("--pg-schema"), "{}", bad.stderr);
 }
 
-/// Every write to `hubspot.contacts`, for counting versions written twice.
-pub(crate) async fn audit_writes(db: &Database) {
-    db.client()
-        .await
-        .batch_execute(
-            "CREATE TABLE audit (id bigint, updated_at timestamptz, archived boolean);
-             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO audit VALUES (NEW.id, NEW.updated_at, NEW.archived);
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER audit AFTER INSERT OR UPDATE ON hubspot.contacts
-                 FOR EACH ROW EXECUTE FUNCTION audit();
-             TRUNCATE hubspot.contacts;",
-        )
-        .await
-        .expect("installing the audit trigger");
-}
-
 /// An empty `hubspot.contacts` with the audit trigger, and a state that has forgotten
 /// it: one record first, so that the table exists for the trigger, then a cursor reset.
 async fn audited_from_nothing(env: &Env, db: &Database, state: StateIn) {
@@ -225,7 +206,7 @@ async fn audited_from_nothing(env: &Env, db: &Database, state: StateIn) {
         .run()
         .await
         .success();
-    audit_writes(db).await;
+    db.audit_writes().await;
     let reset = env.cmd(&["cursor", "reset", "contacts", "--sink", &db.url, "--yes"]);
     state.on(reset, db).run().await.success();
 }
@@ -288,16 +269,7 @@ async fn killed_12_times(state: StateIn) {
         }
     }
     let client = db.client().await;
-    let twice: Vec<(i64, i64)> = client
-        .query(
-            "SELECT id, count(*) FROM audit GROUP BY id, updated_at, archived HAVING count(*) > 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let twice = db.written_twice().await;
     assert!(twice.is_empty(), "versions written twice: {twice:?}");
     let writes: i64 = client
         .query_one("SELECT count(*) FROM audit", &[])

@@ -68,13 +68,7 @@ async fn two_machines_exclude_each_other_and_a_killed_holders_lock_frees_itself(
             dir.display()
         );
     }
-    let rows: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM hubspot.contacts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = db.number("SELECT count(*) FROM hubspot.contacts").await;
     assert_eq!(rows, 3_000);
 }
 
@@ -92,15 +86,8 @@ async fn two_portals_in_one_database_keep_their_own_cursors_and_status_shows_bot
         .success();
     assert!(empty.stdout.contains("No syncs yet"), "{}", empty.stdout);
     let schemas: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'martech_sync'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .number("SELECT count(*) FROM pg_namespace WHERE nspname = 'martech_sync'")
+        .await;
     assert_eq!(schemas, 0, "status created the state");
     let poll = |env: &Env| {
         on(
@@ -132,6 +119,10 @@ async fn two_portals_in_one_database_keep_their_own_cursors_and_status_shows_bot
     let table = status(&[]).run().await.success().stdout;
     assert!(
         table.contains("Portal 777") && table.contains("Portal 62515"),
+        "{table}"
+    );
+    assert!(
+        table.contains("HubSpot requests today (UTC), all portals:"),
         "{table}"
     );
     assert!(!table.contains(TOKEN));
@@ -223,7 +214,7 @@ async fn three_receivers_on_one_queue_deliver_each_change_once() {
     .run()
     .await
     .success();
-    crate::postgres::audit_writes(&db).await;
+    db.audit_writes().await;
 
     let mut serves = Vec::new();
     for _ in 0..3 {
@@ -254,22 +245,12 @@ async fn three_receivers_on_one_queue_deliver_each_change_once() {
             assert_eq!(serves[(i + 1) % 3].0.send(body).await.0, 200);
         }
     }
-    let client = db.client().await;
     let started = Instant::now();
     loop {
-        let rows: i64 = client
-            .query_one("SELECT count(*) FROM hubspot.contacts", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let queued: i64 = client
-            .query_one(
-                "SELECT count(*) FROM martech_sync.webhook_events WHERE state <> 'done'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let rows: i64 = db.number("SELECT count(*) FROM hubspot.contacts").await;
+        let queued: i64 = db
+            .number("SELECT count(*) FROM martech_sync.webhook_events WHERE state <> 'done'")
+            .await;
         if rows as u64 == RECORDS && queued == 0 {
             break;
         }
@@ -279,28 +260,13 @@ async fn three_receivers_on_one_queue_deliver_each_change_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let twice: Vec<(i64, i64)> = client
-        .query(
-            "SELECT id, count(*) FROM audit GROUP BY id, updated_at, archived HAVING count(*) > 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let twice = db.written_twice().await;
     assert!(twice.is_empty(), "changes delivered twice: {twice:?}");
-    let writes: i64 = client
-        .query_one("SELECT count(*) FROM audit", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let writes: i64 = db.number("SELECT count(*) FROM audit").await;
     assert_eq!(writes as u64, RECORDS, "each record's one change, once");
-    let events: i64 = client
-        .query_one("SELECT count(*) FROM martech_sync.webhook_events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let events: i64 = db
+        .number("SELECT count(*) FROM martech_sync.webhook_events")
+        .await;
     assert_eq!(events, 2_000, "redeliveries are one event");
     // A serve to another destination would split the queue's events: refused.
     let sink = format!("jsonl:{}", env.path("other.jsonl").display());
@@ -336,16 +302,11 @@ async fn a_run_whose_lock_session_ends_stops_and_the_next_one_resumes() {
     env.mock.wait_for_searches(2).await;
     // An administrator ends the lock's session (as a server restart would).
     let ended: i64 = db
-        .client()
-        .await
-        .query_one(
+        .number(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
              WHERE application_name LIKE 'martech-sync pid %' AND datname = current_database()",
-            &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(ended, 1);
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
@@ -373,18 +334,14 @@ async fn a_serve_whose_poll_lock_session_ends_exits_non_zero() {
     })
     .await;
     // A server restart or an administrator ends the lock's session.
-    let client = db.client().await;
     let started = Instant::now();
     loop {
-        let ended: i64 = client
-            .query_one(
+        let ended: i64 = db
+            .number(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE application_name LIKE 'martech-sync pid %' AND datname = current_database()",
-                &[],
             )
-            .await
-            .unwrap()
-            .get(0);
+            .await;
         if ended == 1 {
             break;
         }
@@ -437,19 +394,10 @@ async fn rows_and_their_checkpoint_commit_together_in_one_database() {
         .unwrap();
     let failed = poll(&["--json"]).run().await;
     assert_ne!(failed.code, Some(0), "{}", failed.stderr);
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM hubspot.contacts", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let seen: i64 = client
-        .query_one(
-            "SELECT seen FROM martech_sync.windows WHERE pass = 'main'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = db.number("SELECT count(*) FROM hubspot.contacts").await;
+    let seen: i64 = db
+        .number("SELECT seen FROM martech_sync.windows WHERE pass = 'main'")
+        .await;
     assert!(rows > 0 && rows == seen, "{rows} rows, {seen} checkpointed");
     // Without the obstacle the run goes on from there and writes every row once.
     client
@@ -458,10 +406,33 @@ async fn rows_and_their_checkpoint_commit_together_in_one_database() {
         .unwrap();
     let summary = poll(&["--json"]).run().await.success().summary();
     assert_eq!(summary["resumed"], true, "{summary}");
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM hubspot.contacts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = db.number("SELECT count(*) FROM hubspot.contacts").await;
     assert_eq!(rows, 3_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_db_url_warns_and_never_shows() {
+    let env = Env::contacts(10).await;
+    let db = server().database().await;
+    let (_, password) = db.split_url();
+    let out = env
+        .cmd(&["status"])
+        .env("MARTECH_SYNC_DB", &db.url)
+        .run()
+        .await
+        .success();
+    assert!(
+        out.stderr.contains("--db holds a password") && out.stderr.contains("PGPASSWORD"),
+        "{}",
+        out.stderr
+    );
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains(&password));
+    // --portal means nothing to a state file: said, not silently dropped.
+    env.poll(&[]).run().await.success();
+    let file = env.cmd(&["status", "--portal", "5"]).run().await.success();
+    assert!(
+        file.stderr.contains("--portal 5 is ignored"),
+        "{}",
+        file.stderr
+    );
 }

@@ -111,6 +111,51 @@ impl Database {
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }
+
+    /// An audit of every write to `hubspot.contacts` (which must exist; it is emptied),
+    /// for counting versions written twice.
+    pub async fn audit_writes(&self) {
+        self.client()
+            .await
+            .batch_execute(
+                "CREATE TABLE audit (id bigint, updated_at timestamptz, archived boolean);
+                 CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO audit VALUES (NEW.id, NEW.updated_at, NEW.archived);
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER audit AFTER INSERT OR UPDATE ON hubspot.contacts
+                     FOR EACH ROW EXECUTE FUNCTION audit();
+                 TRUNCATE hubspot.contacts;",
+            )
+            .await
+            .expect("installing the audit trigger");
+    }
+
+    /// The (id, writes) of every version the audit saw written more than once.
+    pub async fn written_twice(&self) -> Vec<(i64, i64)> {
+        self.client()
+            .await
+            .query(
+                "SELECT id, count(*) FROM audit GROUP BY id, updated_at, archived HAVING count(*) > 1",
+                &[],
+            )
+            .await
+            .expect("reading the audit")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// The one number `sql` selects.
+    pub async fn number(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
 }
 
 /// Connects without TLS (the cluster is on loopback).
